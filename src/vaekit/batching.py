@@ -1,0 +1,39 @@
+"""Batches straight from one uint8 tensor: an index gather, a scale, optional binarisation."""
+
+from __future__ import annotations
+
+import torch
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The same permutation on every rank and after every resume: a function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank r's disjoint, equally long share: every world_size-th index from r."""
+    per_rank = order.numel() // world_size
+    return order[rank::world_size][:per_rank]
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    # A last batch of one image is dropped: BatchNorm cannot train on it.
+    return n // batch_size + (1 if n % batch_size >= 2 else 0)
+
+
+def to_float(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, C, S, S) -> float32 in [0, 1]."""
+    return images.to(torch.float32).div_(255.0).contiguous(memory_format=memory_format)
+
+
+def make_batch(images: torch.Tensor, index: torch.Tensor, binarize: bool, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    x = to_float(images[index], memory_format)
+    # Dynamic binarisation: a fresh draw per batch, from the global generator so resume replays it.
+    return torch.bernoulli(x) if binarize else x
+
+
+def binarize_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Binarise once with a fixed generator: the evaluation sets every run is compared on."""
+    g = torch.Generator(device=images.device).manual_seed(seed)
+    return torch.bernoulli(to_float(images), generator=g)

@@ -1,0 +1,193 @@
+"""Configuration dataclasses: one per concern, saved as JSON next to every run.
+
+`from_dict` is strict on purpose: a run directory whose config has unknown keys or wrong
+types is refused with a message naming the key, instead of silently training something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import VaekitError
+
+PRIORS = ("normal", "mog", "vamp")
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
+IMAGE_SIZES = (28, 32, 64)
+
+
+@dataclass
+class ModelConfig:
+    """What the network and its distributions look like; enough to rebuild the model."""
+
+    latent_size: int = 32
+    components: int = 1  # K mixture components in q(z|x); K=1 is the ordinary VAE
+    channels: int = 1
+    image_size: int = 28  # the data's size; 28 is zero-padded to 32 inside the data tensors
+    prior: str = "normal"
+    prior_components: int = 10  # M for the mog and vamp priors
+    likelihood: str = "bernoulli"
+    logistic_mixtures: int = 1  # mixture size of the discretised logistic likelihood
+    gaussian_variance: str = "pixel"  # "pixel" or "global" learned variance
+    logvar_min: float = -8.0  # q(z|x) log-variances are clamped here; exp(-8) ~ 3e-4
+    logvar_max: float = 8.0
+
+    @property
+    def padded_size(self) -> int:
+        return 32 if self.image_size == 28 else self.image_size
+
+    def validate(self) -> None:
+        _positive(self, "latent_size", "--latent-size")
+        _positive(self, "components", "--components")
+        _positive(self, "prior_components", "--prior-components")
+        _positive(self, "logistic_mixtures", "--logistic-mixtures")
+        if self.channels not in (1, 3):
+            raise VaekitError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size not in IMAGE_SIZES:
+            raise VaekitError(
+                f"image size {self.image_size} is not supported; use one of {', '.join(map(str, IMAGE_SIZES))}"
+            )
+        _choice(self.prior, PRIORS, "--prior")
+        _choice(self.likelihood, LIKELIHOODS, "--likelihood")
+        _choice(self.gaussian_variance, ("pixel", "global"), "--gaussian-variance")
+        if not self.logvar_min < self.logvar_max:
+            raise VaekitError("logvar_min must be below logvar_max")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_subset: int | None = None  # use only the first N training images (quick runs)
+    binarize: bool = True  # dynamic binarisation: a fresh bernoulli(x) per batch
+
+    def validate(self) -> None:
+        if self.train_subset is not None and self.train_subset <= 0:
+            raise VaekitError(f"--train-subset must be positive, got {self.train_subset}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 69420
+    device: str = "auto"
+    beta: float = 1.0  # weight of the KL; anything but 1 is not an ELBO and is logged as such
+    kl_warmup: int = 0  # epochs of linear KL annealing from 0 to beta
+    free_bits: float = 0.0  # nats per latent dimension below which the KL is not penalised
+    iw_samples: int = 1  # >1 trains on the importance-weighted bound
+    checkpoint_every: int = 0  # steps; 0 means only at the end of each epoch
+    grad_clip: float | None = None
+    detect_anomaly: bool = False
+    channels_last: bool = True
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "--epochs")
+        _positive(self, "batch_size", "--batch-size")
+        _positive(self, "iw_samples", "--iw-samples")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise VaekitError(f"--lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise VaekitError(f"--beta must be a non-negative number, got {self.beta}")
+        if self.kl_warmup < 0:
+            raise VaekitError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
+        if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
+            raise VaekitError(f"--free-bits must be >= 0, got {self.free_bits}")
+        if self.checkpoint_every < 0:
+            raise VaekitError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
+        _choice(self.device, ("auto", "cpu", "cuda"), "--device")
+
+    @property
+    def is_elbo(self) -> bool:
+        """Whether the trained objective is the plain ELBO (or IWAE bound)."""
+        return self.beta == 1.0 and self.kl_warmup == 0 and self.free_bits == 0.0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: str = ""
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> "RunConfig":
+        return _from_dict(cls, data, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise VaekitError(f"{path} not found; pass the run directory `vaekit train --out` wrote") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise VaekitError(f"{path} is not valid JSON ({exc}); restore it from a backup") from None
+        return cls.from_dict(data, where=str(path)).validate()
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise VaekitError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise VaekitError(f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__}; remove them or use a matching vaekit version")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _from_dict(hint, value, f"{where}.{name}")
+        else:
+            values[name] = _check_type(value, hint, f"{where}.{name}")
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind in (int, str, bool) and type(value) is kind:
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise VaekitError(f"{where}: expected {names}, got {json.dumps(value)}")
+
+
+def _positive(obj: Any, name: str, flag: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, int) or value <= 0:
+        raise VaekitError(f"{flag} must be a positive integer, got {value}")
+
+
+def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
+    if value not in choices:
+        raise VaekitError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")

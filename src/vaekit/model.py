@@ -1,0 +1,80 @@
+"""The VAE: an encoder that returns q(z|x), a decoder that returns p(x|z), and a prior p(z).
+
+No training code lives here; objectives.py turns these distributions into bounds.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .distributions import MixtureOfGaussians
+from .likelihoods import make_likelihood
+from .networks import ConvDecoder, ConvEncoder
+from .priors import make_prior
+
+
+class VAE(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        size = config.padded_size
+        self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
+        self.encoder = ConvEncoder(config.channels, size, config.latent_size, config.components)
+        self.likelihood = make_likelihood(
+            config.likelihood,
+            config.channels,
+            config.image_size,
+            mixtures=config.logistic_mixtures,
+            variance=config.gaussian_variance,
+        )
+        self.decoder = ConvDecoder(self.likelihood.param_channels, size, config.latent_size)
+        self.prior_net = make_prior(
+            config.prior,
+            config.latent_size,
+            config.components,
+            prior_components=config.prior_components,
+            channels=config.channels,
+            size=size,
+        )
+
+    def encode(self, x: torch.Tensor) -> MixtureOfGaussians:
+        """q(z|x) for images x (B, C, S, S) in [0, 1]."""
+        loc, logvar, logits = self.encoder(x)
+        logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+        return MixtureOfGaussians.from_logvar(loc, logvar, logits)
+
+    def decode(self, z: torch.Tensor):
+        """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped)."""
+        batch = z.shape[:-1]
+        params = self.crop(self.decoder(z.reshape(-1, z.shape[-1])))  # (N, C', H, W)
+        return self.likelihood(params.reshape(*batch, *params.shape[1:]))
+
+    def prior(self):
+        """p(z): a distribution with log_prob and sample."""
+        return self.prior_net(self.encode)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Drops the zero frame that padded the data up to the network's size."""
+        b = self.border
+        return x if b == 0 else x[..., b:-b, b:-b]
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Mean images (n, C, H, W) of p(x|z) for z drawn from the prior."""
+        return self.decode(self.prior().sample((n,))).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean images decoded from the posterior mean."""
+        return self.decode(self.encode(x).mean).mean
+
+    def forward(self, x_input: torch.Tensor, x_target: torch.Tensor | None = None, iw_samples: int = 1):
+        """The training bound's terms; a forward() so DistributedDataParallel can wrap it."""
+        from .objectives import elbo_terms, iwae_terms
+
+        if iw_samples > 1:
+            return iwae_terms(self, x_input, x_target, iw_samples)
+        return elbo_terms(self, x_input, x_target)

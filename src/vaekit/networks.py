@@ -1,0 +1,76 @@
+"""The notebook's convolutional encoder and decoder, sized by the input.
+
+Each stride-2 block halves the image; the encoder stops at 2x2 and a 2x2 convolution makes
+the heads, so a 32-pixel input has the notebook's four blocks (32-64-128-256) and a
+64-pixel input gets one more block in front instead of a new class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def block_widths(size: int) -> list[int]:
+    """Channel widths of the stride-2 blocks, narrowest first, ending at 256."""
+    blocks = int(math.log2(size)) - 1  # halve down to 2x2
+    if 2 ** (blocks + 1) != size or blocks < 2:
+        raise ValueError(f"network size must be a power of two >= 8, got {size}")
+    return [256 >> (blocks - 1 - i) for i in range(blocks)]
+
+
+def _down(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class ConvEncoder(nn.Module):
+    """x (B, C, S, S) -> means and log-variances (B, K, D), mixture logits (B, K)."""
+
+    def __init__(self, channels: int, size: int, latent_size: int, components: int) -> None:
+        super().__init__()
+        widths = block_widths(size)
+        self.latent_size, self.components = latent_size, components
+        self.body = nn.Sequential(*[_down(c_in, c_out) for c_in, c_out in zip([channels] + widths, widths)])
+        # Three 2x2 heads as in the notebook; the weight head is sized by K alone (the
+        # notebook reshaped it with latent_size).
+        self.loc_head = nn.Conv2d(widths[-1], components * latent_size, 2)
+        self.logvar_head = nn.Conv2d(widths[-1], components * latent_size, 2)
+        self.logits_head = nn.Conv2d(widths[-1], components, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.body(x)  # (B, 256, 2, 2)
+        shape = (x.shape[0], self.components, self.latent_size)
+        loc = self.loc_head(h).reshape(shape)  # (B, K, D)
+        logvar = self.logvar_head(h).reshape(shape)  # (B, K, D)
+        logits = self.logits_head(h).reshape(x.shape[0], self.components)  # (B, K)
+        return loc, logvar, logits
+
+
+class ConvDecoder(nn.Module):
+    """z (N, D) -> per-pixel distribution parameters (N, out_channels, S, S)."""
+
+    def __init__(self, out_channels: int, size: int, latent_size: int) -> None:
+        super().__init__()
+        widths = block_widths(size)[::-1]  # 256 first
+        layers = [_up(latent_size, widths[0], 4, 1, 0)]  # 1x1 -> 4x4
+        layers += [_up(c_in, c_out, 4, 2, 1) for c_in, c_out in zip(widths[:-1], widths[1:])]
+        self.body = nn.Sequential(*layers)
+        # Logits, not probabilities: the sigmoid lives in the likelihood, where BCE is stable.
+        self.head = nn.ConvTranspose2d(widths[-1], out_channels, 1, 1, 0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(z[:, :, None, None]))  # (N, D) -> (N, D, 1, 1) -> (N, C', S, S)

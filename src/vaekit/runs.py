@@ -1,0 +1,81 @@
+"""A run directory: what it holds and how to load a trained model back from it."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint
+from .config import RunConfig
+from .errors import VaekitError
+from .model import VAE
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+METRIC_COLUMNS = [
+    "epoch", "step", "objective",
+    "train_elbo", "train_recon", "train_kl", "train_loss",
+    "val_elbo", "val_recon", "val_kl",
+    "seconds", "images_per_s",
+]
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: RunConfig
+    model: VAE
+    state: dict[str, Any]
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VaekitError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --out` wrote")
+    if not (run_dir / CONFIG).is_file():
+        raise VaekitError(f"{run_dir} is not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote")
+    if not has_checkpoint(run_dir, "latest"):
+        raise VaekitError(f"{run_dir} has no checkpoint yet; train it (or resume it) until an epoch or --checkpoint-every step completes")
+    return run_dir
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
+    """The model of a finished (or interrupted) run, in eval mode, on `device`."""
+    run_dir = check_run_dir(run_dir)
+    config = RunConfig.load(run_dir / CONFIG)
+    if which == "best" and not has_checkpoint(run_dir, "best"):
+        which = "latest"
+    ckpt = load_checkpoint(run_dir, which)
+    model = VAE(config.model)
+    check_state_dict(model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
+    model.load_state_dict(ckpt.model)
+    return LoadedRun(run_dir, config, model.to(device).eval(), ckpt.state)
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    from .checkpoint import atomic_write_text
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(run_dir / METRICS, buffer.getvalue())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
