@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,9 @@ def _add_train(sub) -> None:
     p.add_argument("--components", type=int, default=1, help="mixture components K of q(z|x)")
     p.add_argument("--prior", default="normal")
     p.add_argument("--prior-components", type=int, default=10)
-    p.add_argument("--likelihood", default="bernoulli")
+    p.add_argument("--likelihood", default="bernoulli", help="bernoulli (default), continuous-bernoulli, gaussian or logistic; all but bernoulli train on grey levels")
+    p.add_argument("--logistic-mixtures", type=int, default=1, help="components of the discretised logistic likelihood")
+    p.add_argument("--gaussian-variance", default="pixel", help="learned variance of the gaussian likelihood: pixel or global")
     p.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -41,6 +44,7 @@ def _add_train(sub) -> None:
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--detect-anomaly", action="store_true")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs `pip install tensorboard`)")
     p.add_argument("--device", default="auto", choices=None, help="auto, cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -51,6 +55,7 @@ def _config_from_args(args) -> "RunConfig":
     model = ModelConfig(
         latent_size=args.latent_size, components=args.components, prior=args.prior,
         prior_components=args.prior_components, likelihood=args.likelihood,
+        logistic_mixtures=args.logistic_mixtures, gaussian_variance=args.gaussian_variance,
         image_size=args.image_size or 28,
     )
     data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, train_subset=args.train_subset, binarize=not args.grey)
@@ -59,6 +64,7 @@ def _config_from_args(args) -> "RunConfig":
         beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples,
         checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip, detect_anomaly=args.detect_anomaly,
         channels_last=not args.no_channels_last,
+        tensorboard=args.tensorboard,
     )
     return RunConfig(model, data, train).validate()
 
@@ -79,7 +85,8 @@ def cmd_train(args) -> int:
         out = train(config, resume=run, progress=not args.quiet)
     else:
         out = train(_config_from_args(args), out=args.out, progress=not args.quiet)
-    print(out)
+    if os.environ.get("RANK", "0") == "0":
+        print(out)
     return 0
 
 
@@ -116,6 +123,76 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .classifier import ClassifierSpec
+    from .evaluate import evaluate_run
+
+    spec = ClassifierSpec(epochs=args.classifier_epochs) if args.classifier_epochs else None
+    result = evaluate_run(args.run, samples=args.nll_samples, test_subset=args.test_subset, batch_size=args.batch_size,
+                          json_path=args.json, quality=not args.no_quality, quality_samples=args.quality_samples,
+                          classifier_spec=spec, seed=args.seed, progress=not args.quiet)
+    print(json.dumps(_evaluation_summary(result), indent=2))
+    return 0
+
+
+def _evaluation_summary(result: dict) -> dict:
+    """The headline numbers; the full record (settings, per-dimension variances) is in evaluation.json."""
+    summary = {"number_kind": result["number_kind"], **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items()}}
+    summary["active_units"] = f"{result['active_units']['count']} of {result['active_units']['of']}"
+    if "components" in result:
+        summary["component_weights"] = [round(w, 3) for w in result["components"]["mean_weights"]]
+        summary["component_entropy"] = round(result["components"]["entropy_of_mean_weights"], 4)
+    quality = result.get("sample_quality")
+    if quality and "skipped" not in quality:
+        summary["classifier_test_accuracy"] = round(quality["classifier"]["test_accuracy"], 4)
+        for name in ("model_vs_test", "train_vs_test_floor"):
+            summary[name] = {k: round(v, 4) for k, v in quality[name].items()}
+    elif quality:
+        summary["sample_quality"] = quality["skipped"]
+    summary["settings"] = {k: result["settings"][k] for k in ("nll_samples", "test_images", "binarize_seed")}
+    return summary
+
+
+def cmd_interpolate(args) -> int:
+    from .interpolate import interpolate_run
+
+    print(interpolate_run(args.run, args.out, pairs=args.pairs, steps=args.steps, seed=args.seed))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .evaluate import ensure_pictures
+    from .report import write_report
+
+    ensure_pictures(args.run)
+    print(write_report(args.run))
+    return 0
+
+
+def _add_evaluation_commands(sub) -> None:
+    p = sub.add_parser("evaluate", help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json")
+    p.add_argument("run")
+    p.add_argument("--nll-samples", type=int, default=1000, metavar="S", help="importance samples per image (default 1000; the literature uses 5000)")
+    p.add_argument("--test-subset", type=int, metavar="N", help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=int, default=250, metavar="B", help="test images per batch (default 250)")
+    p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    p.add_argument("--quality-samples", type=int, default=10_000, metavar="N", help="prior samples for the Fréchet distance and precision/recall (default 10000, at most the test size)")
+    p.add_argument("--no-quality", action="store_true", help="skip the classifier-based sample-quality numbers")
+    p.add_argument("--classifier-epochs", type=int, help="epochs of the feature classifier when it is trained (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance and prior samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("interpolate", help="decoded strips between posterior means of test images")
+    p.add_argument("run")
+    p.add_argument("--out", help="PNG file (default RUN/interpolations.png)")
+    p.add_argument("--pairs", type=int, default=3, help="pairs of test images, one linear and one spherical row each")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="which test images are paired")
+    p = sub.add_parser("report", help="write RUN/report.html, one self-contained page")
+    p.add_argument("run")
+
+
 def _data_image_size(config) -> int | None:
     return None if config.data.dataset in ("fashion-mnist", "mnist") else config.model.image_size
 
@@ -136,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("-n", type=int, default=32)
     p.add_argument("--out")
+    _add_evaluation_commands(sub)
     return parser
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+            "evaluate": cmd_evaluate, "interpolate": cmd_interpolate, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; one line is enough
+            print(str(exc), file=sys.stderr)
         return exc.exit_code
     except VaekitError as exc:
         print(f"vaekit: error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from .errors import VaekitError
 
 PRIORS = ("normal", "mog", "vamp")
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
+GREY_LIKELIHOODS = ("continuous-bernoulli", "gaussian", "logistic")  # train on grey levels, never binarised
 IMAGE_SIZES = (28, 32, 64)
 
 
@@ -65,6 +66,9 @@ class DataConfig:
     data_dir: str | None = None
     train_subset: int | None = None  # use only the first N training images (quick runs)
     binarize: bool = True  # dynamic binarisation: a fresh bernoulli(x) per batch
+    # Note: RunConfig.validate sets binarize False when the likelihood models grey levels
+    # (continuous-bernoulli, gaussian, logistic): they are meant for the 8-bit data, so
+    # choosing one implies --grey.
 
     def validate(self) -> None:
         if self.train_subset is not None and self.train_subset <= 0:
@@ -86,11 +90,18 @@ class TrainConfig:
     grad_clip: float | None = None
     detect_anomaly: bool = False
     channels_last: bool = True
+    tensorboard: bool = False  # scalars, images and the latent embedding under RUN/tensorboard
+    max_minutes: float | None = None  # wall-clock budget: stop after the epoch in which it runs out
 
     def validate(self) -> None:
         _positive(self, "epochs", "--epochs")
         _positive(self, "batch_size", "--batch-size")
         _positive(self, "iw_samples", "--iw-samples")
+        if self.iw_samples > 1 and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
+            raise VaekitError("--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted bound "
+                              "(--iw-samples > 1) has none, so use one or the other")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise VaekitError(f"max_minutes must be a positive number, got {self.max_minutes}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise VaekitError(f"--lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
@@ -120,6 +131,8 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         self.model.validate()
+        if self.model.likelihood in GREY_LIKELIHOODS:
+            self.data.binarize = False  # see DataConfig.binarize
         self.data.validate()
         self.train.validate()
         return self
@@ -179,7 +192,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if kind in (int, str, bool) and type(value) is kind:
             return value
     names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    raise VaekitError(f"{where}: expected {names}, got {json.dumps(value)}")
+    raise VaekitError(f"{where}: expected {names}, got {json.dumps(value)}; correct it in the JSON file")
 
 
 def _positive(obj: Any, name: str, flag: str) -> None:

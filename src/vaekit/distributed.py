@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+WEIGHT_HASH_ENV = "VAEKIT_DEBUG_WEIGHT_HASH_FILE"
 
 
 @dataclass
@@ -28,13 +32,26 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def any_of(self, flags: list[bool] | list[torch.Tensor], device: torch.device) -> list[bool]:
+        """Each flag True on every rank if it is True on any rank, in one all-reduce.
+
+        A signal reaches only some processes and a NaN shows up in only one shard; every
+        rank must take the same branch, or the others wait forever in the next collective.
+        """
+        t = torch.stack([torch.as_tensor(f, dtype=torch.float32, device=device) for f in flags])
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
     def broadcast_flag(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank if any rank raised it (a signal reaches only some processes)."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        """True on every rank if any rank raised it."""
+        return self.any_of([flag], device)[0]
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's BatchNorm statistics everywhere: each rank's last forward updated its own."""
+        if self.enabled:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -55,3 +72,23 @@ def init_distributed(device_kind: str) -> DistContext:
 def shutdown_distributed(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class WeightHashLog:
+    """Debug aid: with VAEKIT_DEBUG_WEIGHT_HASH_FILE=PATH set, each rank appends
+    "<step> <sha256 of its parameters>" to PATH.rank<r> after every optimizer step, so a
+    test can check that data-parallel ranks never drift apart. Off (one attribute test) by default.
+    """
+
+    def __init__(self, rank: int) -> None:
+        base = os.environ.get(WEIGHT_HASH_ENV)
+        self.path = Path(f"{base}.rank{rank}") if base else None
+
+    def __call__(self, step: int, model: torch.nn.Module) -> None:
+        if self.path is None:
+            return
+        digest = hashlib.sha256()
+        for p in model.parameters():
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        with open(self.path, "a") as f:
+            f.write(f"{step} {digest.hexdigest()}\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .batching import binarize_fixed, to_float
@@ -43,3 +45,308 @@ def bound_means(model, images: torch.Tensor, batch_size: int, binarize: bool, se
     totals = ctx.all_reduce_sum(totals).tolist()
     n = max(totals[3], 1.0)
     return {"elbo": totals[0] / n, "recon": totals[1] / n, "kl": totals[2] / n, "count": int(totals[3])}
+
+
+# --------------------------------------------------------------------------- importance-sampled NLL
+
+EVAL_SAMPLING_SEED = 0  # default seed of the importance samples and prior samples: reruns give the same numbers
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Var_x(E_q[z_d]) above this counts as active
+
+
+def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int = 4096, bar=None) -> torch.Tensor:
+    """logsumexp_s[log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S per image: (B,) float64.
+
+    z_s come from the full mixture q(z|x) (component index sampled: no gradient is needed).
+    Samples are drawn in chunks of ~`chunk` decoded images, each chunk for all B images at
+    once, and folded into a running logsumexp, so memory stays bounded whatever S is.
+    """
+    b = x.shape[0]
+    q = model.encode(x)  # (B, K, D)
+    prior = model.prior()
+    target = model.crop(x)
+    per_chunk = max(1, chunk // b)
+    total = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
+    for start in range(0, samples, per_chunk):
+        s = min(per_chunk, samples - start)
+        z = q.sample((s,))  # (s, B, D)
+        log_w = model.decode(z).log_prob(target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
+        total = torch.logaddexp(total, torch.logsumexp(log_w.double(), 0))
+        if bar is not None:
+            bar.update(s * b)
+    return total - math.log(samples)
+
+
+def number_kind(likelihood: str, binarized: bool) -> tuple[str, bool]:
+    """What the 'nll' number is for this likelihood and data, and whether it is a true NLL.
+
+    A Bernoulli is a distribution over {0, 1}: on grey levels its 'log-likelihood' is a
+    cross-entropy, not a likelihood of anything, so it must not be reported as one.
+    """
+    if binarized:
+        return "negative log-likelihood of the test images binarised once with a fixed seed (nats)", True
+    if likelihood == "bernoulli":
+        return ("Bernoulli cross-entropy on grey levels: NOT a likelihood (the Bernoulli is a distribution over {0,1}); "
+                "nll and bits_per_dim are not comparable with published likelihoods"), False
+    if likelihood == "logistic":
+        return "negative log-likelihood of the 8-bit grey levels under the discretised logistic (nats)", True
+    return (f"negative log-density of grey levels scaled to [0, 1] under the continuous {likelihood} likelihood (nats); "
+            "a density, not a probability of the 8-bit data"), False
+
+
+def _mean_and_stderr(values: torch.Tensor) -> dict[str, float]:
+    n = values.numel()
+    stderr = float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": float(values.mean()), "stderr": stderr}
+
+
+def evaluate_model(
+    model,
+    images: torch.Tensor,
+    binarize: bool,
+    samples: int = 1000,
+    batch_size: int = 250,
+    chunk: int = 4096,
+    seed: int = EVAL_SAMPLING_SEED,
+    progress: bool = True,
+) -> dict:
+    """Per-image means and standard errors of ELBO, recon, KL, NLL and bits/dim on `images`.
+
+    `images` is uint8 (N, C, P, P) as the data module holds them; with `binarize` the whole
+    set is binarised once with EVAL_BINARIZE_SEED before anything else.
+    """
+    from tqdm import tqdm
+
+    if samples < 1:
+        raise ValueError(f"samples must be positive, got {samples}")
+    model.eval()
+    device = next(model.parameters()).device
+    x_all = binarize_fixed(images.to(device), EVAL_BINARIZE_SEED) if binarize else to_float(images.to(device))
+    per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}
+    means, weights = [], []
+    bar = tqdm(total=len(x_all) * samples, desc="importance samples", unit="", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        torch.manual_seed(seed)
+        for start in range(0, len(x_all), batch_size):
+            x = x_all[start:start + batch_size]
+            terms = elbo_terms(model, x)
+            q = model.encode(x)
+            for key in ("elbo", "recon", "kl"):
+                per_image[key].append(getattr(terms, key).double().cpu())
+            per_image["log_px"].append(log_likelihood_estimate(model, x, samples, chunk, bar).cpu())
+            means.append(q.mean.double().cpu())
+            weights.append(q.weights.double().cpu())
+    bar.close()
+    cfg = model.config
+    pixels = cfg.channels * cfg.image_size**2  # the data's own pixels, not the zero frame
+    values = {k: torch.cat(v) for k, v in per_image.items()}
+    nll = -values.pop("log_px")
+    values.update(nll=nll, bits_per_dim=nll / (pixels * math.log(2)))
+    posterior_means = torch.cat(means)  # (N, D)
+    variance = posterior_means.var(0, unbiased=True) if len(posterior_means) > 1 else torch.zeros(posterior_means.shape[1], dtype=torch.float64)
+    kind, is_likelihood = number_kind(cfg.likelihood, binarize)
+    result = {
+        "test": {k: _mean_and_stderr(v) for k, v in values.items()},
+        "number_kind": kind,
+        "nll_is_likelihood": is_likelihood,
+        "pixels": pixels,
+        "images": len(x_all),
+        "active_units": {
+            "count": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
+            "of": int(variance.numel()),
+            "threshold": ACTIVE_UNIT_THRESHOLD,
+            "variance_of_posterior_mean": [round(float(v), 6) for v in variance],
+        },
+    }
+    if cfg.components > 1:
+        mean_w = torch.cat(weights).mean(0)  # (K,)
+        result["components"] = {
+            "mean_weights": [float(w) for w in mean_w],
+            "entropy_of_mean_weights": float(-(mean_w * mean_w.clamp_min(1e-300).log()).sum()),
+            "max_entropy": math.log(cfg.components),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------- sample quality
+
+@torch.no_grad()
+def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SAMPLING_SEED, k: int = 3, batch_size: int = 500) -> dict:
+    """Fréchet distance and k-NN precision/recall in the classifier's features.
+
+    The model's N prior samples (decoded means) against the test set, and N training images
+    against the test set: the floor a model that reproduced the data would reach.
+    """
+    from .classifier import data_pixels
+    from .sample_quality import quality_numbers
+
+    test = data_pixels(data.test.images, data.image_size)
+    n = min(n, len(test), len(data.train))
+    real = classifier.features(test)
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        fake_images = torch.cat([model.sample(min(batch_size, n - i)).float().cpu() for i in range(0, n, batch_size)])
+        pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+    train_images = data_pixels(data.train.images[pick], data.image_size)
+    return {
+        "samples": n,
+        "test_images": len(test),
+        "k": k,
+        "seed": seed,
+        "sample_images": "means of p(x|z) for z drawn from the prior, against grey-level test images",
+        "classifier": classifier.describe(),
+        "model_vs_test": quality_numbers(real, classifier.features(fake_images), k),
+        "train_vs_test_floor": quality_numbers(real, classifier.features(train_images), k),
+    }
+
+
+# --------------------------------------------------------------------------- a whole run
+
+def evaluate_run(
+    run_dir,
+    samples: int = 1000,
+    test_subset: int | None = None,
+    batch_size: int = 250,
+    json_path=None,
+    data=None,
+    quality: bool = True,
+    quality_samples: int = 10_000,
+    classifier_spec=None,
+    seed: int = EVAL_SAMPLING_SEED,
+    progress: bool = True,
+) -> dict:
+    """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict.
+
+    `data` (a DatasetSplits) skips loading the run's dataset by name, e.g. for generated data.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from . import __version__
+    from .checkpoint import atomic_write_text
+    from .errors import VaekitError
+    from .runs import load_run
+
+    if samples < 1:
+        raise VaekitError(f"--nll-samples must be positive, got {samples}")
+    if test_subset is not None and test_subset < 2:
+        raise VaekitError(f"--test-subset must be at least 2 images, got {test_subset}")
+    if batch_size < 1:
+        raise VaekitError(f"--batch-size must be positive, got {batch_size}")
+    run = load_run(run_dir)
+    data = data or _load_run_data(run.config)
+    images = data.test.images[:test_subset] if test_subset else data.test.images
+    started = time.perf_counter()
+    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress)
+    seconds = {"bounds_and_nll": time.perf_counter() - started}
+    out = {
+        "settings": {
+            "nll_samples": samples,
+            "test_subset": test_subset,
+            "test_images": len(images),
+            "binarized": run.config.data.binarize,
+            "binarize_seed": EVAL_BINARIZE_SEED if run.config.data.binarize else None,
+            "sampling_seed": seed,
+            "batch_size": batch_size,
+            "dataset": data.name,
+            "dataset_checksum": data.checksum,
+            "likelihood": run.config.model.likelihood,
+            "checkpoint_step": run.state.get("step"),
+            "checkpoint_epoch": run.state.get("epoch"),
+            "vaekit_version": __version__,
+            "proposal": "q(z|x), z_s drawn from the full mixture",
+        },
+        **result,
+    }
+    if quality:
+        started = time.perf_counter()
+        out["sample_quality"] = _quality_or_reason(run.model, data, quality_samples, seed, classifier_spec, progress)
+        seconds["sample_quality"] = time.perf_counter() - started
+    out["seconds"] = seconds
+    text = json.dumps(out, indent=2) + "\n"
+    atomic_write_text(Path(run.path) / "evaluation.json", text)
+    if json_path:
+        atomic_write_text(Path(json_path), text)
+    _missing_pictures(run, data)
+    return out
+
+
+def _load_run_data(config):
+    from .data import load_dataset
+
+    name = config.data.dataset
+    return load_dataset(name, config.data.data_dir, image_size=None if name in ("fashion-mnist", "mnist") else config.model.image_size)
+
+
+def _quality_or_reason(model, data, n: int, seed: int, spec, progress: bool) -> dict:
+    from .classifier import ClassifierSpec, get_classifier
+
+    if data.train.labels is None or data.test.labels is None:
+        return {"skipped": f"dataset {data.name} has no class labels, which the feature classifier needs"}
+    classifier = get_classifier(data, spec or ClassifierSpec(), progress=progress)
+    return sample_quality(model, data, classifier, n, seed)
+
+
+LATENT_PICTURE_IMAGES = 2000  # enough for a readable scatter, cheap enough for every epoch
+
+
+@torch.no_grad()
+def write_latent_pictures(run_dir, model, data, device=None, n: int = LATENT_PICTURE_IMAGES) -> None:
+    """latent_scatter.png (and component_usage.png for K>1) from the first n validation images.
+
+    Validation, not test: the trainer draws these every epoch and never reads the test split.
+    """
+    from pathlib import Path
+
+    from .plots import plot_component_usage, plot_latent_scatter
+
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = to_float(data.val.images[:n].to(device))
+    means, weights = [], []
+    for start in range(0, len(x), 500):
+        q = model.encode(x[start:start + 500])
+        means.append(q.mean.float().cpu())
+        weights.append(q.weights.double().cpu())
+    model.train(was_training)
+    labels = data.val.labels[:n] if data.val.labels is not None else None
+    plot_latent_scatter(torch.cat(means), labels, Path(run_dir) / "latent_scatter.png", data.class_names)
+    if model.config.components > 1:
+        plot_component_usage(torch.cat(weights).mean(0), Path(run_dir) / "component_usage.png")
+
+
+def _missing_pictures(run, data) -> None:
+    """Runs trained before the latent pictures existed get them on evaluation."""
+    needed = ["latent_scatter.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
+    if any(not (run.path / name).is_file() for name in needed) and len(data.val):
+        write_latent_pictures(run.path, run.model, data)
+
+
+def ensure_pictures(run_dir, data=None) -> None:
+    """Before a report: draws the latent pictures and interpolations a run lacks.
+
+    Best effort: a run without a checkpoint, or whose data cannot be loaded here, still
+    gets its report, and the page lists what is missing.
+    """
+    import sys
+    from pathlib import Path
+
+    from .errors import VaekitError
+    from .interpolate import interpolate_run
+    from .runs import load_run
+
+    run_dir = Path(run_dir)
+    try:
+        run = load_run(run_dir)
+        needed = ["latent_scatter.png", "interpolations.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
+        if all((run_dir / name).is_file() for name in needed):
+            return
+        data = data or _load_run_data(run.config)
+        _missing_pictures(run, data)
+        if not (run_dir / "interpolations.png").is_file():
+            interpolate_run(run_dir, data=data)
+    except VaekitError as exc:
+        print(f"vaekit: warning: pictures not drawn ({exc})", file=sys.stderr)

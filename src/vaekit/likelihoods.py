@@ -1,15 +1,33 @@
 """Likelihoods p(x|z) over whole images: `log_prob` sums over channels and pixels.
 
-The decoder emits raw parameters (logits for the Bernoulli); each head turns them into a
-distribution object, so the sigmoid is applied only where images are shown.
+The decoder emits raw parameters (`param_channels` per pixel); each head module turns them into
+a distribution object, so sigmoids and the like are applied only where they are needed.
+Every distribution has `log_prob(x)` (x broadcasts over leading batch dims), `.mean` (images
+in [0, 1] for display) and `sample()`.
+
+Each head says what data it models:
+- `data_kind`: "binary" (pixels in {0, 1}) or "grey" (grey levels in [0, 1]).
+- `discrete`: whether `log_prob` is a log probability (a true NLL, reportable in bits/dim)
+  rather than a log density, whose value depends on the units of x.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+_LOG_2PI = math.log(2 * math.pi)
+LEVELS = 256  # 8-bit data: x in {0, 1/255, ..., 1}
+
+
+def _sum_pixels(t: torch.Tensor) -> torch.Tensor:
+    return t.sum((-3, -2, -1))
+
+
+# --- Bernoulli -----------------------------------------------------------------------------
 
 class BernoulliImage:
     """Independent Bernoulli pixels parameterised by logits (*batch, C, H, W)."""
@@ -19,7 +37,7 @@ class BernoulliImage:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         # x * l - softplus(l) is -BCE-with-logits, written so x broadcasts over extra batch dims.
-        return (x * self.logits - F.softplus(self.logits)).sum((-3, -2, -1))
+        return _sum_pixels(x * self.logits - F.softplus(self.logits))
 
     @property
     def mean(self) -> torch.Tensor:
@@ -31,6 +49,9 @@ class BernoulliImage:
 
 
 class BernoulliHead(nn.Module):
+    data_kind = "binary"
+    discrete = True
+    # Older name, kept for callers that read it.
     is_likelihood_of_grey_levels = False
 
     def __init__(self, channels: int) -> None:
@@ -45,7 +66,245 @@ class BernoulliHead(nn.Module):
         return BernoulliImage(params)
 
 
-def make_likelihood(kind: str, channels: int, size: int, **kwargs) -> nn.Module:
+# --- Continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019) --------------------------------
+
+# Below this |logit| the closed forms cancel catastrophically (0/0 at exactly 0); their Taylor
+# series are accurate to ~1e-10 there.
+_CB_TAYLOR = 0.1
+
+
+def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(lambda), C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), lambda = sigmoid(logits).
+
+    In logits the constant simplifies to C = l / tanh(l / 2) (since 1 - 2 sigmoid(l) =
+    -tanh(l/2) and artanh of that is -l/2): even in l, and 2 at l = 0. Near 0 we use
+    log(u / tanh u) = u^2/3 - 7 u^4/90 + O(u^6) with u = l/2.
+    """
+    a = logits.abs()
+    small = a < _CB_TAYLOR
+    safe = torch.where(small, torch.full_like(a, _CB_TAYLOR), a)  # keeps NaN out of the unused branch's gradient
+    exact = torch.log(safe) - torch.log(torch.tanh(safe / 2))
+    u2 = (a / 2).pow(2)
+    series = math.log(2.0) + u2 / 3 - 7 * u2.pow(2) / 90
+    return torch.where(small, series, exact)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] = lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)) = 1 / (1 - e^-l) - 1 / l."""
+    small = logits.abs() < _CB_TAYLOR
+    safe = torch.where(small, torch.full_like(logits, _CB_TAYLOR), logits)
+    exact = -1.0 / torch.expm1(-safe) - 1.0 / safe
+    series = 0.5 + logits / 12 - logits.pow(3) / 720
+    return torch.where(small, series, exact)
+
+
+class ContinuousBernoulliImage:
+    """Independent continuous-Bernoulli pixels on [0, 1], logits (*batch, C, H, W).
+
+    Unlike the Bernoulli on grey levels, this is a normalised density on [0, 1]. Its lambda
+    is not its mean; `.mean` is the distribution's mean.
+    """
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        l = self.logits
+        return _sum_pixels(x * l - F.softplus(l) + continuous_bernoulli_log_norm(l))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return continuous_bernoulli_mean(self.logits).clamp(0.0, 1.0)
+
+    def sample(self) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.distributions.ContinuousBernoulli(logits=self.logits).sample().clamp(0.0, 1.0)
+
+
+class ContinuousBernoulliHead(nn.Module):
+    data_kind = "grey"
+    discrete = False
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    @property
+    def param_channels(self) -> int:
+        return self.channels
+
+    def forward(self, params: torch.Tensor) -> ContinuousBernoulliImage:
+        return ContinuousBernoulliImage(params)
+
+
+# --- Gaussian with a learned variance -----------------------------------------------------
+
+# A standard deviation below one grey level (1/255) claims more precision than 8-bit data
+# has; without a floor, pixels that are always 0 (the background) drive the variance to 0
+# and the log-density to +infinity.
+GAUSSIAN_LOGVAR_MIN = 2 * math.log(1 / 255)
+
+
+class GaussianImage:
+    """Independent Gaussian pixels: mean = sigmoid(logits) (*batch, C, H, W), log-variance
+    broadcastable to it ((C, H, W) per pixel or () global)."""
+
+    def __init__(self, logits: torch.Tensor, logvar: torch.Tensor) -> None:
+        self.logits, self.logvar = logits, logvar
+
+    @property
+    def loc(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return _sum_pixels(-0.5 * ((x - self.loc).pow(2) * torch.exp(-self.logvar) + self.logvar + _LOG_2PI))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc  # a sigmoid: already in [0, 1]
+
+    def sample(self) -> torch.Tensor:
+        """A draw, clamped to the [0, 1] an image can show."""
+        with torch.no_grad():
+            return (self.loc + self.scale * torch.randn_like(self.loc)).clamp(0.0, 1.0)
+
+
+class GaussianHead(nn.Module):
+    """The decoder gives the mean (through a sigmoid, so it stays in the data's range without
+    clamping); the log-variance is a parameter of this module, per pixel or one global value,
+    not a decoder output, so it cannot collapse example by example."""
+
+    data_kind = "grey"
+    discrete = False
+
+    def __init__(self, channels: int, size: int, variance: str = "pixel") -> None:
+        super().__init__()
+        if variance not in ("pixel", "global"):
+            raise ValueError(f"gaussian variance must be 'pixel' or 'global', got {variance!r}")
+        self.channels = channels
+        shape = (channels, size, size) if variance == "pixel" else ()
+        # log(0.1^2): a broad start, so early reconstructions are not punished for being blurry.
+        self.logvar = nn.Parameter(torch.full(shape, 2 * math.log(0.1)))
+
+    @property
+    def param_channels(self) -> int:
+        return self.channels
+
+    def forward(self, params: torch.Tensor) -> GaussianImage:
+        return GaussianImage(params, self.logvar.clamp(min=GAUSSIAN_LOGVAR_MIN))
+
+
+# --- Discretised logistic mixture (Salimans et al. 2017, PixelCNN++) -----------------------
+
+LOGISTIC_LOG_SCALE_MIN = -7.0  # as in PixelCNN++: scales below e^-7 ~ 1e-3 bins add nothing but instability
+
+
+def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^d) for d <= 0 (Maechler's split keeps both ends accurate)."""
+    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+def log_sigmoid_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(a) - sigmoid(b)) for a > b, accurate when both are near 0 or near 1.
+
+    sigmoid(a) - sigmoid(b) = sigmoid(-b) - sigmoid(-a); we take the side where both terms are
+    small (the bin's centre at or below the distribution's), so no 1 - 1 cancellation occurs.
+    """
+    flip = (a + b) > 0
+    hi = torch.where(flip, -b, a)
+    lo = torch.where(flip, -a, b)
+    log_hi, log_lo = F.logsigmoid(hi), F.logsigmoid(lo)
+    return log_hi + _log1mexp((log_lo - log_hi).clamp(max=-1e-12))
+
+
+class DiscretisedLogisticMixtureImage:
+    """Each pixel and channel: a mixture of L logistics, discretised to the 256 grey levels.
+
+    logits, loc, log_scale: (*batch, L, C, H, W). Level x (a multiple of 1/255) gets the
+    logistic mass of [x - 1/510, x + 1/510]; level 0 gets everything below 1/510 and level 255
+    everything above 1 - 1/510, so the 256 probabilities sum to exactly 1.
+    """
+
+    half_bin = 0.5 / (LEVELS - 1)
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> None:
+        self.logits, self.loc, self.log_scale = logits, loc, log_scale
+
+    def level_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(x) per pixel: x (*batch, C, H, W) on the 1/255 grid -> (*batch, C, H, W)."""
+        x = x.unsqueeze(-4)  # (..., 1, C, H, W) against L components
+        inv_scale = torch.exp(-self.log_scale)
+        upper = inv_scale * (x - self.loc + self.half_bin)  # standardised bin edges
+        lower = inv_scale * (x - self.loc - self.half_bin)
+        bottom = F.logsigmoid(upper)  # level 0: P(X < 1/510)
+        top = F.logsigmoid(-lower)  # level 255: P(X > 1 - 1/510)
+        middle = log_sigmoid_difference(upper, lower)
+        log_p = torch.where(x < self.half_bin, bottom, torch.where(x > 1 - self.half_bin, top, middle))
+        return torch.logsumexp(torch.log_softmax(self.logits, -4) + log_p, -4)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return _sum_pixels(self.level_log_prob(x))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The mixture's mean, clamped to [0, 1] (where the edge levels collect the tails)."""
+        return (torch.softmax(self.logits, -4) * self.loc).sum(-4).clamp(0.0, 1.0)
+
+    def sample(self) -> torch.Tensor:
+        """A grey level per pixel: a component, a logistic draw, rounded to the 1/255 grid."""
+        with torch.no_grad():
+            probs = torch.softmax(self.logits, -4).movedim(-4, -1)  # (..., C, H, W, L)
+            index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).view(*probs.shape[:-1], 1)
+
+            def pick(t: torch.Tensor) -> torch.Tensor:  # the chosen component's value per pixel
+                return t.movedim(-4, -1).gather(-1, index).squeeze(-1)
+
+            loc = pick(self.loc)
+            u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)
+            x = loc + pick(self.log_scale).exp() * (torch.log(u) - torch.log1p(-u))  # logistic inverse CDF
+            return torch.round(x.clamp(0.0, 1.0) * (LEVELS - 1)) / (LEVELS - 1)
+
+
+class DiscretisedLogisticHead(nn.Module):
+    """3 * L parameters per channel: mixture logits, locations (in [0, 1] units) and log-scales.
+
+    Channels are independent given z (PixelCNN++'s autoregressive colour coefficients belong
+    to autoregressive decoders, not to a factorised one).
+    """
+
+    data_kind = "grey"
+    discrete = True
+
+    def __init__(self, channels: int, mixtures: int = 1) -> None:
+        super().__init__()
+        if mixtures < 1:
+            raise ValueError(f"logistic mixtures must be positive, got {mixtures}")
+        self.channels, self.mixtures = channels, mixtures
+
+    @property
+    def param_channels(self) -> int:
+        return 3 * self.mixtures * self.channels
+
+    def forward(self, params: torch.Tensor) -> DiscretisedLogisticMixtureImage:
+        *batch, _, h, w = params.shape
+        p = params.reshape(*batch, 3, self.mixtures, self.channels, h, w)  # (..., 3, L, C, H, W)
+        logits, loc, log_scale = p.unbind(-5)
+        # Locations start at 0.5 (the middle of the range) rather than at 0, the bottom edge.
+        return DiscretisedLogisticMixtureImage(logits, loc + 0.5, log_scale.clamp(min=LOGISTIC_LOG_SCALE_MIN))
+
+
+def make_likelihood(kind: str, channels: int, size: int, *, mixtures: int = 1, variance: str = "pixel") -> nn.Module:
+    """The head for config.likelihood; `size` is the data's (cropped) image size."""
     if kind == "bernoulli":
         return BernoulliHead(channels)
+    if kind == "continuous-bernoulli":
+        return ContinuousBernoulliHead(channels)
+    if kind == "gaussian":
+        return GaussianHead(channels, size, variance)
+    if kind == "logistic":
+        return DiscretisedLogisticHead(channels, mixtures)
     raise ValueError(f"unknown likelihood {kind!r}")

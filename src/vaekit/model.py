@@ -38,6 +38,7 @@ class VAE(nn.Module):
             prior_components=config.prior_components,
             channels=config.channels,
             size=size,
+            border=self.border,  # VampPrior pseudo-inputs get the data's zero frame
         )
 
     def encode(self, x: torch.Tensor) -> MixtureOfGaussians:

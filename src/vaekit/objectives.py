@@ -20,6 +20,10 @@ class Terms:
     recon: torch.Tensor  # (B,) E_q[log p(x|z)]
     kl: torch.Tensor  # (B,) E_q[log q(z|x) - log p(z)]
     kl_per_dim: torch.Tensor | None = None  # (B, D) when the KL is analytic (K=1, normal prior)
+    latent_size: int | None = None  # D, for the free-bits floor when the KL is not per dimension
+    # True when .elbo is an importance-weighted bound, which is not recon - kl (it is above);
+    # recon and kl are then diagnostics and the training loss is -elbo.
+    importance_weighted: bool = False
 
 
 def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = None) -> Terms:
@@ -36,13 +40,13 @@ def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = Non
     if q.components == 1 and isinstance(model.prior_net, StandardNormalPrior):
         kl_per_dim = diagonal_normal_kl_to_standard(q.loc[:, 0], q.scale[:, 0])  # (B, D)
         recon, kl = log_px[:, 0], kl_per_dim.sum(-1)
-        return Terms(recon - kl, recon, kl, kl_per_dim)
+        return Terms(recon - kl, recon, kl, kl_per_dim, latent_size=z.shape[-1])
     log_qz = q.log_prob(z.transpose(0, 1)).transpose(0, 1)  # full mixture density at each z_k: (B, K)
     log_pz = model.prior().log_prob(z)  # (B, K)
     w = q.weights
     recon = (w * log_px).sum(-1)
     kl = (w * (log_qz - log_pz)).sum(-1)
-    return Terms(recon - kl, recon, kl)
+    return Terms(recon - kl, recon, kl, latent_size=z.shape[-1])
 
 
 def log_importance_weights(model, x: torch.Tensor, samples: int, chunk: int = 0, x_target: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,18 +74,55 @@ def iwae_bound(model, x: torch.Tensor, samples: int, chunk: int = 0) -> torch.Te
 
 
 def iwae_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samples: int) -> Terms:
-    """Placeholder replaced by the stratified (SIWAE) bound; see issue on objectives."""
-    raise NotImplementedError("iw_samples > 1 is not available yet")
+    """The importance-weighted bound (Burda et al. 2015), stratified over the K components of
+    q(z|x) when K > 1 (SIWAE, Morningstar et al. 2021):
+
+        log sum_k w_k (1/S) sum_s p(x, z_ks) / q(z_ks|x),   z_ks ~ q_k reparameterised,
+
+    with q the full mixture density. Drawing S samples from every component and weighting
+    them by w_k is an unbiased estimate of p(x) whatever the weights are, so the bound stays
+    exact in the weights and they get an honest gradient (no discrete component draw). K=1 is
+    the plain IWAE bound; S=1 and K=1 is the ELBO on the same sample.
+
+    .elbo is the bound; .recon and .kl are the ELBO-style diagnostics on the same draws
+    (sum_k w_k mean_s of log p(x|z) and of log q(z|x) - log p(z)), so recon - kl <= elbo.
+    """
+    x_target = x_input if x_target is None else x_target
+    q = model.encode(x_input)  # (B, K, D)
+    z = q.component_rsample((samples,))  # (S, B, K, D)
+    px = model.decode(z)  # every sample of every component in one decoder call: (S, B, K, C, H, W)
+    log_px = px.log_prob(model.crop(x_target).unsqueeze(1))  # (S, B, K)
+    log_qz = q.log_prob(z.transpose(1, 2)).transpose(1, 2)  # full mixture density at each z_ks: (S, B, K)
+    log_pz = model.prior().log_prob(z)  # (S, B, K)
+    log_w = log_px + log_pz - log_qz  # (S, B, K)
+    bound = torch.logsumexp(q.log_weights + log_w, dim=(0, 2)) - math.log(samples)  # (B,)
+    w = q.weights  # (B, K)
+    recon = (w * log_px.mean(0)).sum(-1)
+    kl = (w * (log_qz - log_pz).mean(0)).sum(-1)
+    return Terms(bound, recon, kl, latent_size=z.shape[-1], importance_weighted=True)
 
 
 def training_loss(terms: Terms, beta: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
-    """Mean over the batch of -(recon - beta * KL); beta=1 and no free bits is the negative ELBO."""
+    """Mean over the batch of -(recon - beta * KL); beta=1 and no free bits is the negative ELBO.
+
+    For importance-weighted terms the loss is -bound: the bound is not a sum of a
+    reconstruction and a KL, so beta and free bits have nothing to act on (config validation
+    refuses them together with --iw-samples).
+    """
+    if terms.importance_weighted:
+        if beta != 1.0 or free_bits > 0:
+            raise ValueError(f"beta ({beta}) and free bits ({free_bits}) apply to the ELBO only, not to an importance-weighted bound")
+        return -terms.elbo.mean()
     if free_bits > 0 and terms.kl_per_dim is not None:
         # Free bits per latent dimension (Kingma et al. 2016): no pressure below the floor,
         # judged on the batch average so single examples can still go under it.
         kl = torch.clamp(terms.kl_per_dim.mean(0), min=free_bits).sum()
     elif free_bits > 0:
-        kl = torch.clamp(terms.kl.mean(), min=free_bits)
+        if terms.latent_size is None:
+            raise ValueError("free bits without a per-dimension KL need Terms.latent_size")
+        # The KL is only known summed over dimensions here, so the floor is the same total:
+        # free_bits nats for each of the D dimensions.
+        kl = torch.clamp(terms.kl.mean(), min=free_bits * terms.latent_size)
     else:
         kl = terms.kl.mean()
     return -(terms.recon.mean() - beta * kl)

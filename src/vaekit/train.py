@@ -19,14 +19,14 @@ from tqdm import tqdm
 
 from . import __version__
 from .batching import batch_count, epoch_permutation, make_batch, shard
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint, resolve_pointer, save_checkpoint
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
-from .distributed import DistContext, init_distributed, shutdown_distributed
+from .distributed import DistContext, WeightHashLog, init_distributed, shutdown_distributed
 from .errors import VaekitError
 from .evaluate import bound_means
 from .model import VAE
-from .objectives import training_loss
+from .objectives import Terms, training_loss
 from .runs import CONFIG, default_run_dir, write_metrics
 
 VALIDATION_SEED = 1234  # fixed, so validation numbers compare across runs and seeds
@@ -70,6 +70,8 @@ def prepare_run_dir(out: Path, ctx: DistContext) -> None:
     if (out / CONFIG).exists():
         raise VaekitError(f"--out {out} already holds a run; use `vaekit train --resume {out}` or another --out")
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise VaekitError(f"--out {out} cannot be created: {probe} is a file, not a folder; choose another --out")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise VaekitError(f"--out {out} is not writable ({probe} is read-only); choose another folder")
 
@@ -109,8 +111,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     fresh = not resuming
-    if fresh and ctx.is_master:
-        prepare_run_dir(run_dir, ctx)
+    if fresh:
+        prepare_run_dir(run_dir, ctx)  # every rank checks (it only reads) ...
+        ctx.barrier()  # ... before rank 0 writes config.json, which a late rank would take for an existing run
     if not fresh and not has_checkpoint(run_dir):
         raise VaekitError(f"{run_dir} has no checkpoint to resume from; start it again with `vaekit train --out {run_dir}` after removing it")
 
@@ -133,27 +136,27 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
     state: dict[str, Any] = {"epoch": 0, "step": 0, "position": 0, "best_val_elbo": None, "history": [], "sums": None, "seconds": 0.0}
     if not fresh:
-        ckpt = load_checkpoint(run_dir, "latest", with_training=True)
-        model.load_state_dict(ckpt.model)
-        optimizer.load_state_dict(ckpt.training["optimizer"])
-        torch.set_rng_state(ckpt.training["rng"][ctx.rank] if ctx.rank < len(ckpt.training["rng"]) else ckpt.training["rng"][0])
-        if device.type == "cuda" and "cuda_rng" in ckpt.training:
-            torch.cuda.set_rng_state(ckpt.training["cuda_rng"][min(ctx.rank, len(ckpt.training["cuda_rng"]) - 1)], device)
-        state.update({k: ckpt.state[k] for k in state})
+        _restore(run_dir, model, optimizer, state, ctx, device)
     elif ctx.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG)
 
     net = model
     if ctx.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # static_graph: with K=1 the mixture-logits head never gets a gradient, always the same set.
+        ddp = torch.nn.parallel.DistributedDataParallel(_TupleTerms(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+        net = lambda x, iw_samples: Terms(*ddp(x, iw_samples=iw_samples))  # noqa: E731
+    log_weights = WeightHashLog(ctx.rank)
+    from .tensorboard_log import open_logger  # tensorboard itself is imported only when asked for
+    tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
     images = train_images.to(device)
     val_images = data.val.images.to(device)
     objective = "elbo" if config.train.is_elbo else f"beta-objective(beta={t.beta}, warmup={t.kl_warmup}, free_bits={t.free_bits})"
     if ctx.is_master and not config.train.is_elbo:
         print(f"vaekit: training a {objective}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
 
-    stop = _SignalFlag()
+    stop, interrupted = _SignalFlag(), False
+    budget_start = time.perf_counter()  # TrainConfig.max_minutes counts from here (this process's start or resume)
     with stop, (torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext()):
         while state["epoch"] < t.epochs:
             epoch = state["epoch"]
@@ -168,13 +171,19 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 x = make_batch(images, order[i * local_batch:(i + 1) * local_batch], config.data.binarize, memory_format)
                 terms = net(x, iw_samples=t.iw_samples)
                 loss = training_loss(terms, kl_weight(config, epoch, i / n_batches), t.free_bits)
-                _check_finite(loss, terms, state["step"], run_dir)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                anomaly = _backward(loss, t.detect_anomaly)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-                if not torch.isfinite(grad_norm):
-                    raise VaekitError(f"non-finite gradient at step {state['step']}; the last good checkpoint is kept in {run_dir}; try a lower --lr or --grad-clip 1.0, and --detect-anomaly to find the operation")
+                # One all-reduce per step: every rank learns whether any rank saw a bad number or a signal.
+                bad_recon, bad_kl, bad_grad, interrupted = ctx.any_of(
+                    [~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), anomaly is not None or not torch.isfinite(grad_norm), stop.signum is not None], device)
+                if bad_recon or bad_kl or bad_grad:  # before optimizer.step(): the weights stay good
+                    bar.close()
+                    raise _non_finite(model, x, t, ctx, device, run_dir, state["step"] + 1, bad_recon, bad_kl, anomaly)
                 optimizer.step()
+                log_weights(state["step"] + 1, model)
+                if tb:
+                    tb.step(state["step"] + 1, loss, terms)
                 with torch.no_grad():
                     b = x.shape[0]
                     sums += torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss.detach() * b, torch.tensor(float(b), device=device)]).to(torch.float64)
@@ -184,18 +193,18 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 if ctx.is_master and progress and (i % 10 == 0 or state["position"] == n_batches):
                     s = sums.tolist()
                     bar.set_postfix(loss=f"{s[3] / s[4]:.2f}", recon=f"{-s[1] / s[4]:.2f}", kl=f"{s[2] / s[4]:.2f}")
-                interrupted = ctx.broadcast_flag(stop.signum is not None, device)
                 due = t.checkpoint_every and state["step"] % t.checkpoint_every == 0
-                if (interrupted or due) and state["position"] < n_batches:
+                if (interrupted or due) and state["position"] < n_batches:  # the epoch's end saves anyway
                     state["sums"], state["seconds"] = sums.tolist(), time.perf_counter() - started
                     _save(run_dir, model, optimizer, state, ctx, device)
                 if interrupted:
-                    bar.close()
-                    code = 130 if stop.signum in (None, signal.SIGINT) else 143
-                    raise TrainingInterrupted(code, f"vaekit: interrupted at step {state['step']}; checkpoint saved; continue with `vaekit train --resume {run_dir}`")
+                    break
             bar.close()
+            if interrupted and state["position"] < n_batches:
+                raise _interrupted(stop, state["step"], run_dir)
             seconds = time.perf_counter() - started
             totals = ctx.all_reduce_sum(sums.clone()).tolist()
+            ctx.sync_buffers(model)  # evaluate and save rank 0's BatchNorm statistics on every rank
             val = bound_means(model, val_images, 256, config.data.binarize, VALIDATION_SEED, ctx)
             row = {
                 "epoch": epoch + 1, "step": state["step"], "objective": "elbo" if config.train.is_elbo else "beta-objective",
@@ -213,6 +222,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 write_metrics(run_dir, state["history"])
                 _save(run_dir, model, optimizer, state, ctx, device, best=is_best)
                 _refresh_pictures(run_dir, model, data, device)
+                if tb:
+                    tb.epoch(epoch + 1, model, data, row)
                 print(
                     f"epoch {epoch + 1}/{t.epochs}  train {row['objective']} {row['train_elbo']:.2f}  "
                     f"val elbo {val['elbo']:.2f} (recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
@@ -221,14 +232,78 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 )
             else:
                 _save(run_dir, model, optimizer, state, ctx, device)  # joins the RNG gather
+            if interrupted:  # the signal came on an epoch's last step: its checkpoint is the one above
+                raise _interrupted(stop, state["step"], run_dir)
+            # The wall-clock budget: every rank joins the vote, so all stop after the same epoch.
+            if t.max_minutes is not None and ctx.any_of([time.perf_counter() - budget_start > 60 * t.max_minutes], device)[0]:
+                break
+    if tb:
+        tb.close()
     return run_dir
 
 
-def _check_finite(loss: torch.Tensor, terms, step: int, run_dir: Path) -> None:
-    if torch.isfinite(loss):
-        return
-    term = "reconstruction" if not torch.isfinite(terms.recon).all() else "KL"
-    raise VaekitError(f"non-finite loss at step {step} in the {term} term; the last good checkpoint is kept in {run_dir}; try a lower --lr or --grad-clip 1.0, and --detect-anomaly to find the operation")
+def _interrupted(stop: "_SignalFlag", step: int, run_dir: Path) -> TrainingInterrupted:
+    code = 143 if stop.signum == signal.SIGTERM else 130  # 128 + the signal, as shells report it
+    return TrainingInterrupted(code, f"vaekit: interrupted after step {step}; checkpoint saved; continue with `vaekit train --resume {run_dir}`")
+
+
+def _backward(loss: torch.Tensor, detect_anomaly: bool) -> str | None:
+    """loss.backward(); under --detect-anomaly a NaN makes autograd raise naming the operation,
+    which is returned (first line) so training stops with one line instead of a traceback."""
+    try:
+        loss.backward()
+    except RuntimeError as exc:
+        if not detect_anomaly:
+            raise
+        return (str(exc).strip().splitlines() or ["anomaly"])[0]
+    return None
+
+
+def _non_finite(model, x, t, ctx: DistContext, device, run_dir: Path, step: int, bad_recon: bool, bad_kl: bool, anomaly: str | None) -> VaekitError:
+    """The one-line error for a NaN/inf, naming the step and the term (reconstruction or KL)."""
+    what = "loss"
+    if not (bad_recon or bad_kl):
+        # The loss was finite but a gradient was not: re-run the forward and differentiate each
+        # term alone (autograd.grad, so DDP's gradient hooks stay out of it).
+        what = "gradient"
+        params = [p for p in model.parameters() if p.requires_grad]
+        with torch.autograd.set_detect_anomaly(False):
+            terms = model(x, iw_samples=t.iw_samples)
+            flags = []
+            for term in (-terms.recon.mean(), terms.kl.mean()):
+                grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+                flags.append(any(g is not None and not torch.isfinite(g).all() for g in grads))
+        bad_recon, bad_kl = ctx.any_of(flags, device)
+    term = " and ".join(name for name, bad in (("reconstruction", bad_recon), ("KL", bad_kl)) if bad) or "unknown"
+    if has_checkpoint(run_dir):
+        kept = f"the last good checkpoint ({resolve_pointer(run_dir / 'checkpoints', 'latest').name}) is kept in {run_dir}"
+    else:
+        kept = "no checkpoint had been written yet"
+    detail = f" ({anomaly})" if anomaly else ""
+    return VaekitError(
+        f"non-finite {what} at step {step} in the {term} term{detail}; {kept}; "
+        "try a lower --lr or --grad-clip 1.0, and --detect-anomaly to find the operation"
+    )
+
+
+def _restore(run_dir: Path, model, optimizer, state: dict, ctx: DistContext, device: torch.device) -> None:
+    """Model, optimizer, counters and this rank's RNG state from the latest checkpoint."""
+    ckpt = load_checkpoint(run_dir, "latest", with_training=True)
+    check_state_dict(model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
+    training, where = ckpt.training, ckpt.path / "training_state.pt"
+    missing = sorted(set(state) - set(ckpt.state)) + [k for k in ("optimizer", "rng") if not isinstance(training, dict) or k not in training]
+    if missing:
+        raise VaekitError(f"{ckpt.path} lacks {', '.join(missing)}; it cannot be resumed exactly, start a new run")
+    model.load_state_dict(ckpt.model)
+    try:
+        optimizer.load_state_dict(training["optimizer"])
+        rngs = training["rng"]
+        torch.set_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
+        if device.type == "cuda" and "cuda_rng" in training:
+            torch.cuda.set_rng_state(training["cuda_rng"][min(ctx.rank, len(training["cuda_rng"]) - 1)], device)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise VaekitError(f"{where} does not fit this model ({(str(exc).splitlines() or [type(exc).__name__])[0]}); start a new run") from None
+    state.update({k: ckpt.state[k] for k in state})
 
 
 def _save(run_dir: Path, model, optimizer, state: dict, ctx: DistContext, device: torch.device, best: bool = False) -> None:
@@ -249,10 +324,14 @@ def _save(run_dir: Path, model, optimizer, state: dict, ctx: DistContext, device
         training["cuda_rng"] = [torch.cuda.get_rng_state(device)]
     meta = {k: state[k] for k in ("epoch", "step", "position", "best_val_elbo", "history", "sums", "seconds")}
     meta["vaekit_version"] = __version__
-    save_checkpoint(run_dir, model.state_dict(), meta, training, pointers=("latest", "best") if best else ("latest",))
+    try:
+        save_checkpoint(run_dir, model.state_dict(), meta, training, pointers=("latest", "best") if best else ("latest",))
+    except OSError as exc:  # disk full, folder removed: the previous checkpoint is still whole
+        raise VaekitError(f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}); the previous one is kept; free space and resume") from None
 
 
 def _refresh_pictures(run_dir: Path, model: VAE, data: DatasetSplits, device: torch.device) -> None:
+    from .evaluate import write_latent_pictures
     from .plots import plot_loss_curves, save_image_grid, save_reconstructions
     from .runs import read_metrics
 
@@ -263,7 +342,23 @@ def _refresh_pictures(run_dir: Path, model: VAE, data: DatasetSplits, device: to
         x = data.val.images[:32].to(device).float().div(255)
         save_reconstructions(model.crop(x).cpu(), model.reconstruct(x).float().cpu(), run_dir / "reconstructions.png")
     plot_loss_curves(read_metrics(run_dir), run_dir / "loss_curves.png")
+    # Every epoch rather than only the last, so an interrupted run has them too; 2,000 images keep it cheap.
+    write_latent_pictures(run_dir, model, data, device)
     model.train()
+
+
+class _TupleTerms(torch.nn.Module):
+    """What DDP wraps: the model's terms as a tuple. DDP cannot see the tensors inside the Terms
+    dataclass; with the unused K=1 logits head it then skipped the gradient all-reduce without a
+    word (ranks drifted apart; the weight-hash test caught it). A tuple it can follow."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, iw_samples: int = 1):
+        terms = self.model(x, iw_samples=iw_samples)
+        return terms.elbo, terms.recon, terms.kl, terms.kl_per_dim
 
 
 class _SignalFlag:

@@ -215,13 +215,15 @@ def load_folder(path: str, image_size: int | None, channels: int | None, seed: i
         raise VaekitError(f"no PNG/JPEG images found in {path}; put images in it (one sub-folder per class)")
 
     grey_modes = {"1", "L", "LA", "I", "I;16", "F"}
-    loaded, labels, bad = [], [], []
+    loaded, labels, bad, shapes, modes = [], [], [], [], []
     digest = hashlib.sha256()
     for p, k in entries:
         try:
             raw = p.read_bytes()
             with Image.open(p) as im:
                 im.load()
+                shapes.append(im.size)
+                modes.append(im.mode)
                 grey = im.mode in grey_modes
                 if im.mode in ("I", "I;16", "F"):  # 16-bit / float grey: scale to 8 bits
                     arr = np.asarray(im, dtype=np.float64)
@@ -236,13 +238,16 @@ def load_folder(path: str, image_size: int | None, channels: int | None, seed: i
         digest.update(str(p.relative_to(root)).encode() + b"\0" + raw)
         loaded.append((im2, grey))
         labels.append(k)
+    if not loaded:  # checked before the warning below, so the user reads one line, not two
+        raise VaekitError(f"none of the {len(entries)} image files in {path} could be read; "
+                          f"check that they are valid PNG/JPEG files")
     if bad:
         names = [str(p.relative_to(root)) for p in bad]
         more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
         warn(f"skipped {len(bad)} unreadable file(s) in {path}: {', '.join(names[:_MAX_NAMED])}{more}")
-    if not loaded:
-        raise VaekitError(f"none of the {len(entries)} image files in {path} could be read; "
-                          f"check that they are valid PNG/JPEG files")
+    if len(set(shapes)) > 1 or len(set(modes)) > 1:
+        warn(f"images in {path} come in {len(set(shapes))} size(s) and {len(set(modes))} mode(s) "
+             f"({', '.join(sorted(set(modes)))}); each was scaled, centre-cropped to {size}x{size} and converted")
     if channels is None:
         channels = 1 if all(g for _, g in loaded) else 3
     mode = "L" if channels == 1 else "RGB"

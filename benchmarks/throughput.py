@@ -1,0 +1,346 @@
+"""Throughput of vaekit against this machine's arithmetic ceiling, in one process.
+
+    python benchmarks/throughput.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/throughput.py --quick         # smoke run (~1 minute)
+    python benchmarks/throughput.py --repeats 5 --threads 2 --compile --device cuda
+
+Measures, with median and min/max over --repeats:
+  ceiling     fp32 matrix product through torch (GFLOP/s)
+  naive       a plain eager NCHW training loop of the same network, written below (K=1, K=5;
+              K=5 decodes each mixture component in its own decoder call, as a first attempt would)
+  vaekit      vaekit.train.train itself on Fashion-MNIST (batching and binarisation included):
+              images/s from the run's metrics (each epoch after the first is one repeat)
+  inference   encode+decode (posterior mean) of the plain eval model and of speed.inference_model
+  nll         importance-sampled log-likelihood (evaluate.log_likelihood_estimate) in samples/s
+  data        make_batch against the whole step; finite checks + grad norm against the step
+FLOPs are counted once per row with torch.utils.flop_counter.FlopCounterMode; GFLOP/s is
+FLOPs x rate and "ceiling" is that over the matmul rate. Writes benchmarks/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import vaekit
+from vaekit.batching import binarize_fixed, make_batch
+from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.data import ImageSet, load_dataset
+from vaekit.evaluate import log_likelihood_estimate
+from vaekit.model import VAE
+from vaekit.objectives import training_loss
+from vaekit.runs import read_metrics
+from vaekit.speed import inference_model, set_threads, warm_up
+from vaekit.train import train
+
+BATCH = 128
+LATENT = 32
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    started = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_ceiling(device: torch.device, repeats: int, n: int = 2048) -> dict:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    reps = 10 if device.type == "cpu" else 200
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(repeats):
+        seconds = timed(lambda: [a @ b for _ in range(reps)], device)
+        rates.append(2 * n**3 * reps / seconds / 1e9)
+    return summary(rates)
+
+
+# --------------------------------------------------------------------------- the naive baseline
+
+class NaiveVAE(nn.Module):
+    """The notebook's network written plainly: NCHW, three conv heads, a Python loop over components."""
+
+    def __init__(self, k: int, d: int = LATENT) -> None:
+        super().__init__()
+        self.k, self.d = k, d
+
+        def down(i, o):
+            return [nn.Conv2d(i, o, 4, 2, 1, bias=False), nn.BatchNorm2d(o), nn.LeakyReLU(0.2)]
+
+        def up(i, o, kernel, stride, pad):
+            return [nn.ConvTranspose2d(i, o, kernel, stride, pad, bias=False), nn.BatchNorm2d(o), nn.LeakyReLU(0.2)]
+
+        self.enc = nn.Sequential(*down(1, 32), *down(32, 64), *down(64, 128), *down(128, 256))
+        self.mu, self.logvar, self.logits = nn.Conv2d(256, k * d, 2), nn.Conv2d(256, k * d, 2), nn.Conv2d(256, k, 2)
+        self.dec = nn.Sequential(*up(d, 256, 4, 1, 0), *up(256, 128, 4, 2, 1), *up(128, 64, 4, 2, 1), *up(64, 32, 4, 2, 1), nn.ConvTranspose2d(32, 1, 1))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc(x)
+        mu = self.mu(h).view(-1, self.k, self.d)
+        logvar = self.logvar(h).view(-1, self.k, self.d).clamp(-8, 8)
+        w = torch.softmax(self.logits(h).view(-1, self.k), -1)
+        sd = torch.exp(0.5 * logvar)
+        target = x[:, :, 2:-2, 2:-2]
+        if self.k == 1:
+            z = mu[:, 0] + sd[:, 0] * torch.randn_like(mu[:, 0])
+            logits = self.dec(z[:, :, None, None])[:, :, 2:-2, 2:-2]
+            recon = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((1, 2, 3))
+            kl = 0.5 * (sd[:, 0] ** 2 + mu[:, 0] ** 2 - 1 - 2 * torch.log(sd[:, 0])).sum(1)
+            return -(recon - kl).mean()
+        total = 0.0
+        for j in range(self.k):  # one decoder call per component
+            z = mu[:, j] + sd[:, j] * torch.randn_like(mu[:, j])
+            logits = self.dec(z[:, :, None, None])[:, :, 2:-2, 2:-2]
+            recon = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((1, 2, 3))
+            comp = -0.5 * (((z[:, None] - mu) / sd) ** 2 + math.log(2 * math.pi)).sum(-1) - torch.log(sd).sum(-1)
+            log_q = torch.logsumexp(torch.log(w) + comp, -1)
+            log_p = -0.5 * (z**2 + math.log(2 * math.pi)).sum(-1)
+            total = total + w[:, j] * (recon - log_q + log_p)
+        return -total.mean()
+
+
+def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = NaiveVAE(k).to(device)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step():
+        idx = torch.randint(0, len(images), (BATCH,), device=device)
+        x = torch.bernoulli(images[idx].float() / 255)
+        loss = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    flops = count_flops(step) / BATCH
+    rates = [steps * BATCH / timed(lambda: [step() for _ in range(steps)], device) for _ in range(repeats)]
+    return {"images_per_s": summary(rates), "flop_per_image": flops}
+
+
+# --------------------------------------------------------------------------- vaekit's own training
+
+def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.device) -> dict:
+    """vaekit.train.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
+    config = RunConfig(
+        ModelConfig(latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels),
+        DataConfig(dataset=data.name, train_subset=batches * BATCH),
+        TrainConfig(epochs=1 + repeats, batch_size=BATCH, device=device.type),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        run = train(config, out=Path(tmp) / "run", data=data, progress=False)
+        wall = time.perf_counter() - started
+        rows = read_metrics(run)
+    rates = [float(r["images_per_s"]) for r in rows[1:]]
+
+    # FLOPs of one step, counted on the same calls the loop makes.
+    model = VAE(replace(config.model)).to(device)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    images = data.train.images[: batches * BATCH].to(device)
+    index = torch.arange(BATCH, device=device)
+
+    def step():
+        x = make_batch(images, index, True, memory_format)
+        loss = training_loss(model(x))
+        loss.backward()
+
+    flops = count_flops(step) / BATCH
+
+    # The data handling share: make_batch alone against the median step.
+    for _ in range(3):
+        make_batch(images, index, True, memory_format)
+    batch_s = statistics.median(timed(lambda: make_batch(images, index, True, memory_format), device) for _ in range(20))
+    step_s = BATCH / statistics.median(rates)
+
+    # The per-step finite checks and gradient norm (host syncs on CUDA) against the step.
+    model.zero_grad()
+    step()
+
+    def checks():
+        loss_ok = bool(torch.isfinite(torch.tensor(1.0, device=device)))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        return loss_ok and bool(torch.isfinite(norm))
+
+    checks()
+    checks_s = statistics.median(timed(checks, device) for _ in range(20))
+    return {
+        "images_per_s": summary(rates), "flop_per_image": flops, "epochs_wall_s": wall,
+        "make_batch_s": batch_s, "step_s": step_s, "data_share": batch_s / step_s,
+        "checks_s": checks_s, "checks_share": checks_s / step_s,
+    }
+
+
+# --------------------------------------------------------------------------- inference and NLL
+
+def trained_model(data, device: torch.device) -> VAE:
+    """A K=1 model with BatchNorm statistics from a few batches (values matter only for checks)."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=LATENT, image_size=data.image_size, channels=data.channels)).to(device)
+    model.train()
+    with torch.no_grad():
+        for i in range(3):
+            model(make_batch(data.train.images.to(device), torch.arange(i * BATCH, (i + 1) * BATCH, device=device), True))
+    return model.eval()
+
+
+def inference(model, x: torch.Tensor, repeats: int, device: torch.device, compile: bool) -> dict:
+    def encdec(m):
+        return lambda: m.decode(m.encode(x).mean).logits
+
+    variants = {"plain eval": model, "folded+channels_last": inference_model(model)}
+    compile_s = None
+    if compile:
+        compiled = inference_model(model, compile=True)
+        with torch.inference_mode():
+            compile_s = warm_up(encdec(compiled))
+        variants["folded+channels_last+compile"] = compiled
+    with torch.inference_mode():
+        flops = count_flops(encdec(model)) / len(x)
+        ref = encdec(model)()
+        out = {}
+        for name, m in variants.items():
+            encdec(m)()
+            err = (encdec(m)() - ref).abs().max().item()
+            rates = [len(x) / timed(encdec(m), device) for _ in range(repeats)]
+            out[name] = {"images_per_s": summary(rates), "flop_per_image": flops, "max_abs_diff": err}
+    if compile_s is not None:
+        out["folded+channels_last+compile"]["compile_s"] = compile_s
+    return out
+
+
+def nll(model, x: torch.Tensor, samples: int, repeats: int, device: torch.device) -> dict:
+    fast = inference_model(model)
+    out = {}
+    with torch.inference_mode():
+        flops = count_flops(lambda: log_likelihood_estimate(model, x, samples)) / (len(x) * samples)
+        for name, m in (("plain eval", model), ("folded+channels_last", fast)):
+            log_likelihood_estimate(m, x, samples)
+            rates = [len(x) * samples / timed(lambda: log_likelihood_estimate(m, x, samples), device) for _ in range(repeats)]
+            out[name] = {"samples_per_s": summary(rates), "flop_per_sample": flops}
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="fewer steps and samples: a smoke run")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile for inference (pays the compile time)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    threads = set_threads(args.threads)
+    big = device.type == "cuda"
+    steps = 2 if args.quick else 4
+    batches = {1: 3 if args.quick else 8, 5: 2 if args.quick else 4}
+    if big:
+        batches = {1: 50, 5: 20}
+        steps = 20
+    samples = 20 if args.quick else 100
+    started = time.perf_counter()
+
+    data = load_dataset("fashion-mnist")
+    # Small validation and test sets: the per-epoch validation and pictures stay cheap (and untimed).
+    data = replace(data, val=ImageSet(data.val.images[:256]), test=ImageSet(data.test.images[:2048]))
+    images = data.train.images.to(device)
+
+    results: dict = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__, "vaekit": vaekit.__version__,
+                                 "platform": platform.platform(), "processor": platform.processor(), "threads": threads,
+                                 "device": str(device), "quick": args.quick, "repeats": args.repeats}}
+    ceiling = matmul_ceiling(device, args.repeats)
+    results["ceiling_gflops"] = ceiling
+    results["training"] = {}
+    for k in (1, 5):
+        print(f"training K={k} ...", file=sys.stderr)
+        results["training"][f"naive K={k}"] = naive_training(images, k, steps, args.repeats, device)
+        results["training"][f"vaekit K={k}"] = vaekit_training(data, k, batches[k], args.repeats, device)
+    print("inference ...", file=sys.stderr)
+    model = trained_model(data, device)
+    x_eval = binarize_fixed(data.test.images[:1024 if not big else 2048].to(device), 0)
+    results["inference"] = inference(model, x_eval, args.repeats, device, args.compile)
+    results["nll"] = nll(model, x_eval[:256], samples, args.repeats, device)
+    results["nll"]["samples"] = samples
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        results["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    results["wall_s"] = time.perf_counter() - started
+
+    print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    ceil = r["ceiling_gflops"]["median"]
+    print(f"\nvaekit throughput: torch {r['machine']['torch']}, {r['machine']['threads']} threads, {r['machine']['device']}, "
+          f"median [min-max] of {r['machine']['repeats']} repeats")
+    print(f"{'row':38s} {'rate':>24s} {'unit':>10s} {'MFLOP/unit':>10s} {'GFLOP/s':>8s} {'ceiling':>8s}")
+
+    def row(name, s, unit, flop):
+        g = s["median"] * flop / 1e9
+        rate = f"{s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}]"
+        print(f"{name:38s} {rate:>24s} {unit:>10s} {flop / 1e6:10.1f} {g:8.1f} {g / ceil:8.0%}")
+
+    c = r["ceiling_gflops"]
+    print(f"{'fp32 matmul 2048 (ceiling)':38s} {c['median']:.1f} [{c['min']:.1f}-{c['max']:.1f}]{'':>4s} {'GFLOP/s':>10s}")
+    for name, t in r["training"].items():
+        row(f"train {name}", t["images_per_s"], "img/s", t["flop_per_image"])
+    for k in (1, 5):
+        v, n = r["training"][f"vaekit K={k}"], r["training"][f"naive K={k}"]
+        print(f"  vaekit K={k}: {v['images_per_s']['median'] / n['images_per_s']['median']:.2f}x naive; "
+              f"make_batch {v['make_batch_s'] * 1e3:.2f} ms = {v['data_share']:.1%} of a step; "
+              f"finite checks + grad norm {v['checks_s'] * 1e3:.2f} ms = {v['checks_share']:.1%}")
+    for name, t in r["inference"].items():
+        extra = f"  (compile {t['compile_s']:.0f} s)" if "compile_s" in t else ""
+        row(f"encode+decode {name}", t["images_per_s"], "img/s", t["flop_per_image"])
+        if extra:
+            print(extra)
+    for name, t in r["nll"].items():
+        if isinstance(t, dict):
+            row(f"NLL S={r['nll']['samples']} {name}", t["samples_per_s"], "samples/s", t["flop_per_sample"])
+    print(f"peak resident memory {r['peak_rss_mib']:.0f} MiB; wall {r['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Bad input through the real command line: one line on stderr naming the problem and what to
+do, exit code 2, no traceback, and no run directory left behind.
+
+Table-driven and in-process (`vaekit.cli.main`), with two cases repeated in a subprocess to
+prove that nothing reaches the terminal but that line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import blob_images
+from vaekit.cli import main
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx(array: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def _idx_dir(root: Path, broken: bytes) -> Path:
+    """A --data-dir with the four Fashion-MNIST names whose training-image file is `broken`."""
+    d = root / "idx"
+    d.mkdir()
+    files = [broken, _idx(np.zeros(10)), _idx(np.zeros((10, 28, 28))), _idx(np.zeros(10))]
+    for name, data in zip(IDX_NAMES, files):
+        (d / name).write_bytes(data)
+    return d
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    images, labels = blob_images(200)
+    path = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(path, images=images[:, 0], labels=labels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(npz, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--dataset", f"npz:{npz}", "--latent-size", "4", "--batch-size", "32", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def _run_copy(finished_run: Path, tmp: Path, edit_config=None) -> Path:
+    run = tmp / "copied-run"
+    shutil.copytree(finished_run, run)
+    if edit_config:
+        config = json.loads((run / "config.json").read_text())
+        edit_config(config)
+        (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def _run_without_checkpoint(finished_run: Path, tmp: Path) -> Path:
+    run = tmp / "no-ckpt"
+    run.mkdir()
+    shutil.copy(finished_run / "config.json", run / "config.json")
+    return run
+
+
+def _images(tmp: Path, specs) -> Path:
+    d = tmp / "images"
+    d.mkdir()
+    for i, (mode, size) in enumerate(specs):
+        color = (i * 37 % 256,) * len(mode) if len(mode) > 1 else i * 37 % 256
+        Image.new(mode, size, color).save(d / f"{i:03d}.png")
+    return d
+
+
+def _file(tmp: Path) -> Path:
+    f = tmp / "a-file"
+    f.write_text("not a folder")
+    return f
+
+
+def _read_only(monkeypatch, path: Path) -> None:
+    """Tests run as root, for whom chmod changes nothing: deny write access the way os.access would."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == path and mode & os.W_OK else real(p, mode, *a, **k))
+
+
+def _unreadable(monkeypatch, path: Path) -> None:
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == path else real(p, mode, *a, **k))
+
+
+TRAIN = ["train", "--latent-size", "4", "--batch-size", "32", "--epochs", "1", "--quiet"]
+
+# (id, argv builder (tmp, npz, finished_run, monkeypatch) -> argv, words the one line must contain)
+CASES = [
+    ("idx-truncated", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, _idx(np.zeros((10, 28, 28)))[:500]))], ["truncated IDX file", "re-download"]),
+    ("idx-empty", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, b""))], ["empty file", "re-download"]),
+    ("idx-wrong-magic", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, b"\x12\x34" + _idx(np.zeros((10, 28, 28)))[2:]))], ["bad magic number", "re-download"]),
+    ("idx-wrong-dimension", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, _idx(np.zeros((10, 32, 32)))))], ["expected 28x28 images", "check that it is"]),
+    ("idx-corrupt-gzip", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, gzip.compress(_idx(np.zeros((10, 28, 28))))[:40]))], ["corrupt gzip", "re-download"]),
+    ("data-dir-missing", lambda t, n, r, m: TRAIN + ["--data-dir", str(t / "nowhere")], ["does not exist", "--data-dir"]),
+    ("data-dir-is-a-file", lambda t, n, r, m: TRAIN + ["--data-dir", str(_file(t))], ["not a readable folder", "--data-dir"]),
+    ("data-dir-unreadable", lambda t, n, r, m: (d := t / "locked", d.mkdir(), _unreadable(m, d), TRAIN + ["--data-dir", str(d)])[-1], ["not a readable folder", "--data-dir"]),
+    ("image-folder-empty", lambda t, n, r, m: (d := t / "empty", d.mkdir(), TRAIN + ["--dataset", f"folder:{d}"])[-1], ["no PNG/JPEG images found", "put images in it"]),
+    ("image-folder-of-text", lambda t, n, r, m: (d := t / "txt", d.mkdir(), (d / "a.txt").write_text("x"), TRAIN + ["--dataset", f"folder:{d}"])[-1], ["no PNG/JPEG images found", "put images in it"]),
+    ("image-folder-of-fake-pngs", lambda t, n, r, m: (d := t / "fake", d.mkdir(), [(d / f"{i}.png").write_bytes(b"not a png") for i in range(3)], TRAIN + ["--dataset", f"folder:{d}"])[-1], ["none of the 3 image files", "valid PNG/JPEG"]),
+    ("image-folder-missing", lambda t, n, r, m: TRAIN + ["--dataset", f"folder:{t / 'nowhere'}"], ["does not exist", "folder:PATH"]),
+    ("npz-missing", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{t / 'nowhere.npz'}"], ["does not exist", "npz:PATH"]),
+    ("npz-not-an-npz", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{_file(t)}"], ["cannot read npz file", "numpy.savez"]),
+    ("out-is-a-file", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_file(t))], ["is a file", "folder path"]),
+    ("out-under-a-file", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_file(t) / "run")], ["is a file, not a folder", "another --out"]),
+    ("out-read-only", lambda t, n, r, m: (d := t / "ro", d.mkdir(), _read_only(m, d), TRAIN + ["--dataset", f"npz:{n}", "--out", str(d / "run")])[-1], ["not writable", "choose another folder"]),
+    ("out-holds-a-run", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_run_copy(r, t))], ["already holds a run", "--resume"]),
+    ("sample-without-checkpoint", lambda t, n, r, m: ["sample", str(_run_without_checkpoint(r, t))], ["has no checkpoint yet", "train it"]),
+    ("reconstruct-without-checkpoint", lambda t, n, r, m: ["reconstruct", str(_run_without_checkpoint(r, t))], ["has no checkpoint yet", "train it"]),
+    ("resume-without-checkpoint", lambda t, n, r, m: ["train", "--resume", str(_run_without_checkpoint(r, t)), "--quiet"], ["no checkpoint to resume from", "start it again"]),
+    ("resume-not-a-run", lambda t, n, r, m: ["train", "--resume", str(t), "--quiet"], ["not a vaekit run directory", "pass the folder"]),
+    ("sample-missing-run", lambda t, n, r, m: ["sample", str(t / "nowhere")], ["does not exist", "pass the folder"]),
+    ("latent-size-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--latent-size", "0"], ["--latent-size must be a positive integer"]),
+    ("negative-lr", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr", "-0.001"], ["--lr must be a positive number"]),
+    ("nan-lr", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr", "nan"], ["--lr must be a positive number"]),
+    ("components-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "0"], ["--components must be a positive integer"]),
+    ("epochs-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--epochs", "0"], ["--epochs must be a positive integer"]),
+    ("batch-larger-than-data", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "500"], ["larger than the 160 training images", "lower it"]),
+    ("negative-checkpoint-every", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
+    ("grad-clip-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"], ["--grad-clip must be positive"]),
+    ("not-an-int", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"], ["invalid int value", "--help"]),
+    ("unknown-dataset", lambda t, n, r, m: TRAIN + ["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "use one of"]),
+    ("unknown-likelihood", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--likelihood", "poisson"], ["unknown --likelihood 'poisson'", "choose one of"]),
+    ("unknown-flag", lambda t, n, r, m: TRAIN + ["--learning-rate", "0.1"], ["unrecognized arguments", "--help"]),
+    ("config-unknown-key", lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(hidden_dims=[32, 64])))], ["unknown key(s) hidden_dims", "remove them"]),
+    ("config-wrong-type", lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(latent_size="four")))], ["model.latent_size: expected int", '"four"']),
+    ("config-not-json", lambda t, n, r, m: (run := _run_copy(r, t), (run / "config.json").write_text("{oops"), ["sample", str(run)])[-1], ["is not valid JSON", "restore it"]),
+    ("device-cuda-absent", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--device", "cuda"], ["CUDA is not available", "--device cpu"]),
+]
+
+
+@pytest.mark.parametrize("build, needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(build, needles, npz, finished_run, tmp_path, monkeypatch, capsys):
+    if "cuda" in needles[0].lower() and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    monkeypatch.chdir(tmp_path)  # a default runs/<timestamp> would land here
+    argv = build(tmp_path, npz, finished_run, monkeypatch)
+    out = tmp_path / "out"
+    if argv[0] == "train" and "--out" not in argv and "--resume" not in argv:
+        argv = argv + ["--out", str(out)]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    code = main(argv)
+
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("vaekit: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_mixed_sizes_and_modes_load_with_a_warning_and_train(tmp_path, capsys):
+    modes = ["L", "RGB", "RGBA", "P", "LA", "1"]
+    sizes = [(28, 28), (40, 30), (20, 50), (64, 64), (33, 33)]
+    folder = _images(tmp_path, [(modes[i % len(modes)], sizes[i % len(sizes)]) for i in range(40)])
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", f"folder:{folder}", "--image-size", "28", "--latent-size", "4",
+                 "--batch-size", "8", "--epochs", "1", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("vaekit: warning:")]
+    assert len(warnings) == 1 and "5 size(s) and 6 mode(s)" in warnings[0], err
+    assert (out / "checkpoints" / "latest").is_file()
+
+
+@pytest.mark.parametrize("case", ["idx-truncated", "config-unknown-key"])
+def test_no_traceback_reaches_the_terminal(case, npz, finished_run, tmp_path, monkeypatch):
+    build, needles = next(c[1:] for c in CASES if c[0] == case)
+    argv = build(tmp_path, npz, finished_run, monkeypatch)
+    if argv[0] == "train":
+        argv = argv + ["--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "vaekit", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(n in proc.stderr for n in needles) and proc.stdout == ""
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,137 @@
+"""The importance-sampled NLL: a bound above the ELBO that tightens with S, checked against
+brute-force quadrature of log p(x); and the evaluation record of a run."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import make_tiny_splits, tiny_config
+from vaekit.config import ModelConfig
+from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
+from vaekit.model import VAE
+from vaekit.objectives import elbo_terms
+from vaekit.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A K=2 model trained briefly on blobs: a posterior that is not the prior, quickly."""
+    data = make_tiny_splits(240)
+    out = tmp_path_factory.mktemp("runs") / "run"
+    torch.manual_seed(0)
+    train(tiny_config(model__components=2, train__epochs=2), out=out, data=data, progress=False)
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_run):
+    from vaekit.runs import load_run
+
+    return load_run(tiny_run[0]).model
+
+
+def _binary_batch(data, n=16):
+    from vaekit.batching import binarize_fixed
+
+    return binarize_fixed(data.test.images[:n], EVAL_BINARIZE_SEED)
+
+
+def test_iwae_is_never_below_the_elbo_on_the_same_images(tiny_model, tiny_run):
+    x = _binary_batch(tiny_run[1])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        elbo = torch.stack([elbo_terms(tiny_model, x).elbo for _ in range(20)]).mean(0)  # (B,)
+        log_px = log_likelihood_estimate(tiny_model, x, samples=200)
+    assert log_px.mean() >= elbo.double().mean()
+    assert (-log_px > 0).all()  # a positive NLL for binary images
+
+
+def test_estimate_tightens_as_samples_grow(tiny_model, tiny_run):
+    x = _binary_batch(tiny_run[1])
+    means = {}
+    with torch.no_grad():
+        for s in (1, 10, 100):
+            # averaged over seeds and images: E[log p_S] increases with S (Burda et al. 2016, thm 1)
+            runs = []
+            for seed in range(4):
+                torch.manual_seed(seed)
+                runs.append(log_likelihood_estimate(tiny_model, x, samples=s).mean())
+            means[s] = float(torch.stack(runs).mean())
+    assert means[1] < means[10] + 0.05 and means[10] < means[100] + 0.05
+    assert means[100] - means[1] > 0.1  # and it moves
+
+
+def _quadrature_log_px(model, x: torch.Tensor, grid: int = 4001, half_width: float = 10.0) -> torch.Tensor:
+    """log ∫ p(x|z) p(z) dz for D=1 by the trapezoid rule on a float64 grid: independent of q."""
+    z = torch.linspace(-half_width, half_width, grid, dtype=torch.float64)[:, None]  # (G, 1)
+    log_px_z = model.decode(z[:, None, :]).log_prob(model.crop(x))  # one decode per z, broadcast over x: (G, B)
+    log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z)  # (G, 1)
+    log_w = torch.log(torch.full((grid, 1), z[1, 0] - z[0, 0], dtype=torch.float64))
+    log_w[[0, -1]] -= math.log(2)  # trapezoid end weights
+    return torch.logsumexp(log_px_z + log_pz + log_w, 0)
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_estimator_matches_brute_force_quadrature_in_one_dimension(components):
+    torch.manual_seed(components)
+    model = VAE(ModelConfig(latent_size=1, components=components, image_size=28)).double().eval()
+    x = torch.bernoulli(torch.rand(4, 1, 32, 32, dtype=torch.float64) * 0.6)
+    with torch.no_grad():
+        exact = _quadrature_log_px(model, x)
+        torch.manual_seed(0)
+        estimate = log_likelihood_estimate(model, x, samples=4000, chunk=8000)
+    torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
+
+
+def test_samples_are_batched_not_looped_per_image(tiny_model, tiny_run):
+    x = _binary_batch(tiny_run[1], 16)
+    calls = []
+    handle = tiny_model.decoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        with torch.no_grad():
+            log_likelihood_estimate(tiny_model, x, samples=50, chunk=320)
+    finally:
+        handle.remove()
+    # 320 // 16 = 20 samples per chunk for all 16 images at once: 3 decoder calls for 50 samples
+    assert calls == [320, 320, 160]
+
+
+def test_evaluate_model_reports_means_errors_bits_and_usage(tiny_model, tiny_run):
+    data = tiny_run[1]
+    result = evaluate_model(tiny_model, data.test.images, binarize=True, samples=20, batch_size=7, progress=False)
+    test = result["test"]
+    assert set(test) == {"elbo", "recon", "kl", "nll", "bits_per_dim"}
+    assert result["images"] == len(data.test)
+    assert test["nll"]["mean"] > 0 and test["nll"]["stderr"] > 0
+    assert -test["nll"]["mean"] >= test["elbo"]["mean"] - 3 * test["elbo"]["stderr"]
+    assert test["bits_per_dim"]["mean"] == pytest.approx(test["nll"]["mean"] / (28 * 28 * math.log(2)))
+    assert test["elbo"]["mean"] == pytest.approx(test["recon"]["mean"] - test["kl"]["mean"])
+    assert 0 <= result["active_units"]["count"] <= 4 == result["active_units"]["of"]
+    weights = result["components"]["mean_weights"]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1.0)
+    assert 0 <= result["components"]["entropy_of_mean_weights"] <= math.log(2) + 1e-9
+    assert result["nll_is_likelihood"]
+
+
+def test_evaluate_run_writes_a_reproducible_record(tiny_run, tmp_path):
+    run, data = tiny_run
+    extra = tmp_path / "copy.json"
+    first = evaluate_run(run, samples=10, test_subset=12, batch_size=5, json_path=extra, data=data, quality=False, progress=False)
+    second = evaluate_run(run, samples=10, test_subset=12, batch_size=5, data=data, quality=False, progress=False)
+    assert first["test"] == second["test"]
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert json.loads(extra.read_text()) == saved
+    settings = saved["settings"]
+    assert settings["nll_samples"] == 10 and settings["test_images"] == 12 and settings["test_subset"] == 12
+    assert settings["binarize_seed"] == EVAL_BINARIZE_SEED and settings["vaekit_version"]
+    assert "binarised once" in saved["number_kind"]
+    assert (run / "latent_scatter.png").is_file() and (run / "component_usage.png").is_file()
+
+
+def test_grey_bernoulli_numbers_are_not_called_a_likelihood():
+    kind, is_likelihood = number_kind("bernoulli", binarized=False)
+    assert not is_likelihood and "NOT a likelihood" in kind
+    assert number_kind("bernoulli", binarized=True)[1]
+    assert number_kind("logistic", binarized=False)[1]

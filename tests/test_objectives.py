@@ -1,0 +1,110 @@
+"""IWAE / SIWAE bounds against the ELBO and a brute-force recomputation; the training loss."""
+
+import pytest
+import torch
+from torch import distributions as D
+
+from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.errors import VaekitError
+from vaekit.model import VAE
+from vaekit.objectives import Terms, elbo_terms, iwae_terms, training_loss
+
+
+def _model(components: int = 1, prior: str = "normal", dtype: torch.dtype = torch.float64) -> VAE:
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=3, components=components, prior=prior, prior_components=3, image_size=28))
+    return model.to(dtype).eval()
+
+
+def _x(n: int = 4, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.bernoulli(torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype))
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_iwae_with_one_sample_is_the_elbo_on_the_same_draw(prior):
+    # A learnable prior takes elbo_terms down its Monte Carlo path: the same one draw per example.
+    model, x = _model(prior=prior), _x()
+    torch.manual_seed(7)
+    elbo = elbo_terms(model, x)
+    torch.manual_seed(7)
+    iw = iwae_terms(model, x, None, 1)
+    torch.testing.assert_close(iw.elbo, elbo.elbo)
+    torch.testing.assert_close(iw.recon, elbo.recon)
+    torch.testing.assert_close(iw.kl, elbo.kl)
+
+
+def test_iwae_with_one_sample_is_the_monte_carlo_elbo_for_the_normal_prior():
+    model, x = _model(), _x()
+    torch.manual_seed(3)
+    iw = iwae_terms(model, x, None, 1)
+    torch.manual_seed(3)
+    q = model.encode(x)
+    z = q.component_rsample()[:, 0]  # (B, D): the same noise
+    expected = (model.decode(z).log_prob(model.crop(x)) + D.Normal(0.0, 1.0).log_prob(z).sum(-1)
+                - D.Independent(D.Normal(q.loc[:, 0], q.scale[:, 0]), 1).log_prob(z))
+    torch.testing.assert_close(iw.elbo, expected)
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_iwae_is_not_below_the_elbo(components):
+    model, x = _model(components, prior="mog", dtype=torch.float32), _x(4, torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        iw = iwae_terms(model, x, None, 4)
+    # Jensen on the very same draws: recon - kl is sum_k w_k mean_s log w_ks, the ELBO estimate
+    # from these S draws per component (at S=1 it is elbo_terms' value, tested above).
+    assert (iw.elbo >= iw.recon - iw.kl - 1e-3).all()
+    assert iw.importance_weighted and iw.elbo.shape == (4,)
+
+
+def test_stratified_bound_matches_a_brute_force_recomputation():
+    model, x = _model(components=2, prior="mog"), _x(3)
+    samples = 3
+    torch.manual_seed(11)
+    got = iwae_terms(model, x, None, samples).elbo
+    torch.manual_seed(11)
+    q = model.encode(x)
+    z = q.component_rsample((samples,))  # (S, B, K, D)
+    prior = model.prior()
+    reference_prior = D.MixtureSameFamily(D.Categorical(logits=prior.logits), D.Independent(D.Normal(prior.loc, prior.scale), 1))
+    for b in range(3):
+        posterior = D.MixtureSameFamily(D.Categorical(logits=q.logits[b]), D.Independent(D.Normal(q.loc[b], q.scale[b]), 1))
+        w = torch.softmax(q.logits[b], 0)
+        total = torch.zeros((), dtype=torch.float64)
+        for k in range(2):
+            for s in range(samples):
+                zks = z[s, b, k]
+                log_joint = model.decode(zks[None]).log_prob(model.crop(x[b : b + 1]))[0] + reference_prior.log_prob(zks)
+                total = total + w[k] * torch.exp(log_joint - posterior.log_prob(zks)) / samples
+        torch.testing.assert_close(got[b], torch.log(total))
+
+
+def test_stratified_bound_gives_the_mixture_weights_a_gradient():
+    model = _model(components=3, dtype=torch.float32).train()
+    iw = iwae_terms(model, _x(3, torch.float32), None, 2)
+    training_loss(iw).backward()
+    assert model.encoder.logits_head.weight.grad.abs().sum() > 0
+
+
+def test_training_loss_for_the_importance_weighted_bound_is_minus_the_bound():
+    terms = Terms(torch.tensor([-5.0, -7.0]), torch.tensor([-4.0, -4.0]), torch.tensor([3.0, 4.0]), importance_weighted=True)
+    assert training_loss(terms).item() == 6.0
+    with pytest.raises(ValueError, match="ELBO only"):
+        training_loss(terms, beta=0.5)
+
+
+def test_free_bits_floor_without_a_per_dimension_kl_is_per_latent_dimension():
+    terms = Terms(torch.tensor([-12.0]), torch.tensor([-10.0]), torch.tensor([2.0]), latent_size=4)
+    assert training_loss(terms, free_bits=1.0).item() == pytest.approx(10.0 + 4.0)  # floor 1 * 4 nats
+    assert training_loss(terms, free_bits=0.25).item() == pytest.approx(12.0)  # KL already above 0.25 * 4
+
+
+def test_config_refuses_beta_with_importance_weights_and_trains_grey_likelihoods_on_grey_levels():
+    with pytest.raises(VaekitError, match="iw-samples"):
+        RunConfig(train=TrainConfig(iw_samples=5, beta=0.5)).validate()
+    with pytest.raises(VaekitError, match="iw-samples"):
+        RunConfig(train=TrainConfig(iw_samples=5, kl_warmup=2)).validate()
+    for likelihood in ("continuous-bernoulli", "gaussian", "logistic"):
+        assert RunConfig(ModelConfig(likelihood=likelihood), DataConfig(binarize=True)).validate().data.binarize is False
+    assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=True)).validate().data.binarize is True
+    assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=False)).validate().data.binarize is False
