@@ -11,12 +11,14 @@ def test_elbo_below_importance_sampled_log_likelihood():
     for components in (1, 3):
         torch.manual_seed(components)
         model = VAE(ModelConfig(latent_size=3, components=components, image_size=28)).eval()
-        x = torch.bernoulli(torch.rand(8, 1, 32, 32))
+        with torch.no_grad():  # a posterior far from the prior, so the bound has a gap to show
+            model.encoder.loc_head.bias.fill_(1.5)
+        x = torch.bernoulli(torch.rand(4, 1, 32, 32))
         with torch.no_grad():
-            elbo = torch.stack([elbo_terms(model, x).elbo for _ in range(50)]).mean(0)
-            log_px = iwae_bound(model, x, samples=2000)
+            elbo = torch.stack([elbo_terms(model, x).elbo for _ in range(20)]).mean(0)
+            log_px = iwae_bound(model, x, samples=300)
         gap = (log_px - elbo).mean()
-        assert gap > 0, f"K={components}: ELBO {elbo.mean():.2f} above log p(x) estimate {log_px.mean():.2f}"
+        assert gap > 1.0, f"K={components}: ELBO {elbo.mean():.2f} above log p(x) estimate {log_px.mean():.2f}"
 
 
 def test_elbo_terms_add_up_and_kl_is_non_negative_for_k1():

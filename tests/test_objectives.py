@@ -58,8 +58,8 @@ def test_iwae_is_not_below_the_elbo(components):
 
 
 def test_stratified_bound_matches_a_brute_force_recomputation():
-    model, x = _model(components=2, prior="mog"), _x(3)
-    samples = 3
+    model, x = _model(components=2, prior="mog"), _x(2)
+    samples = 2
     torch.manual_seed(11)
     got = iwae_terms(model, x, None, samples).elbo
     torch.manual_seed(11)
@@ -67,7 +67,7 @@ def test_stratified_bound_matches_a_brute_force_recomputation():
     z = q.component_rsample((samples,))  # (S, B, K, D)
     prior = model.prior()
     reference_prior = D.MixtureSameFamily(D.Categorical(logits=prior.logits), D.Independent(D.Normal(prior.loc, prior.scale), 1))
-    for b in range(3):
+    for b in range(2):
         posterior = D.MixtureSameFamily(D.Categorical(logits=q.logits[b]), D.Independent(D.Normal(q.loc[b], q.scale[b]), 1))
         w = torch.softmax(q.logits[b], 0)
         total = torch.zeros((), dtype=torch.float64)

@@ -108,8 +108,13 @@ def evaluate_model(
     chunk: int = 4096,
     seed: int = EVAL_SAMPLING_SEED,
     progress: bool = True,
+    fast: bool = False,
+    compile: bool = False,
 ) -> dict:
     """Per-image means and standard errors of ELBO, recon, KL, NLL and bits/dim on `images`.
+
+    `fast` evaluates a BatchNorm-folded channels_last copy (speed.inference_model: the same
+    numbers to float rounding, about 1.2-1.9x faster on CPU); `compile` also torch.compiles it.
 
     `images` is uint8 (N, C, P, P) as the data module holds them; with `binarize` the whole
     set is binarised once with EVAL_BINARIZE_SEED before anything else.
@@ -119,6 +124,10 @@ def evaluate_model(
     if samples < 1:
         raise ValueError(f"samples must be positive, got {samples}")
     model.eval()
+    if fast or compile:
+        from .speed import inference_model
+
+        model = inference_model(model, compile=compile)
     device = next(model.parameters()).device
     x_all = binarize_fixed(images.to(device), EVAL_BINARIZE_SEED) if binarize else to_float(images.to(device))
     per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}

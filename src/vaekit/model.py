@@ -13,6 +13,7 @@ from .distributions import MixtureOfGaussians
 from .likelihoods import make_likelihood
 from .networks import ConvDecoder, ConvEncoder
 from .priors import make_prior
+from .speed import network_autocast, to_full_precision
 
 
 class VAE(nn.Module):
@@ -20,6 +21,9 @@ class VAE(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        # bf16 autocast for the two networks on CUDA (train.py turns it on there); the
+        # distributions and bounds always see fp32.
+        self.autocast = False
         size = config.padded_size
         self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
         self.encoder = ConvEncoder(config.channels, size, config.latent_size, config.components)
@@ -43,14 +47,18 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> MixtureOfGaussians:
         """q(z|x) for images x (B, C, S, S) in [0, 1]."""
-        loc, logvar, logits = self.encoder(x)
+        with network_autocast(x.device, self.autocast):
+            loc, logvar, logits = self.encoder(x)
+        loc, logvar, logits = to_full_precision(loc, logvar, logits)
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
         return MixtureOfGaussians.from_logvar(loc, logvar, logits)
 
     def decode(self, z: torch.Tensor):
         """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped)."""
         batch = z.shape[:-1]
-        params = self.crop(self.decoder(z.reshape(-1, z.shape[-1])))  # (N, C', H, W)
+        with network_autocast(z.device, self.autocast):
+            params = self.crop(self.decoder(z.reshape(-1, z.shape[-1])))  # (N, C', H, W)
+        params, = to_full_precision(params)
         return self.likelihood(params.reshape(*batch, *params.shape[1:]))
 
     def prior(self):

@@ -53,8 +53,13 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         if self.bias is not None:
             out = out + self.bias
         out = out.permute(0, 3, 1, 2)  # (N, C_out, H, W), channels_last strides
-        # Keep the layout the model was put in: NCHW weights get NCHW activations.
-        return out if self.weight.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
+        # Keep the layout the model was put in: channels_last in, channels_last out; NCHW stays NCHW.
+        return out if _is_channels_last(self.weight) or _is_channels_last(x) else out.contiguous()
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """Strictly channels_last (a tensor with 1x1 spatial size or one channel is both layouts)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Sequential:

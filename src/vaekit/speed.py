@@ -113,6 +113,11 @@ def network_autocast(device: torch.device, enabled: bool = True):
     return nullcontext()
 
 
+def to_full_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """bf16/fp16 outputs of an autocast region back to fp32; fp32 and fp64 pass through untouched."""
+    return tuple(t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in tensors)
+
+
 def set_threads(threads: int | None) -> int:
     """Sets torch's intra-op threads (None leaves the default: one per core) and returns the count."""
     if threads:
