@@ -63,7 +63,7 @@ def test_estimate_tightens_as_samples_grow(tiny_model, tiny_run):
     assert means[100] - means[1] > 0.1  # and it moves
 
 
-def _quadrature_log_px(model, x: torch.Tensor, grid: int = 4001, half_width: float = 10.0) -> torch.Tensor:
+def _quadrature_log_px(model, x: torch.Tensor, grid: int = 1201, half_width: float = 8.0) -> torch.Tensor:
     """log ∫ p(x|z) p(z) dz for D=1 by the trapezoid rule on a float64 grid: independent of q."""
     z = torch.linspace(-half_width, half_width, grid, dtype=torch.float64)[:, None]  # (G, 1)
     log_px_z = model.decode(z[:, None, :]).log_prob(model.crop(x))  # one decode per z, broadcast over x: (G, B)
@@ -77,11 +77,11 @@ def _quadrature_log_px(model, x: torch.Tensor, grid: int = 4001, half_width: flo
 def test_estimator_matches_brute_force_quadrature_in_one_dimension(components):
     torch.manual_seed(components)
     model = VAE(ModelConfig(latent_size=1, components=components, image_size=28)).double().eval()
-    x = torch.bernoulli(torch.rand(4, 1, 32, 32, dtype=torch.float64) * 0.6)
+    x = torch.bernoulli(torch.rand(2, 1, 32, 32, dtype=torch.float64) * 0.6)
     with torch.no_grad():
         exact = _quadrature_log_px(model, x)
         torch.manual_seed(0)
-        estimate = log_likelihood_estimate(model, x, samples=4000, chunk=8000)
+        estimate = log_likelihood_estimate(model, x, samples=1000, chunk=2000)
     torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
 
 
@@ -119,10 +119,10 @@ def test_evaluate_run_writes_a_reproducible_record(tiny_run, tmp_path):
     run, data = tiny_run
     extra = tmp_path / "copy.json"
     first = evaluate_run(run, samples=10, test_subset=12, batch_size=5, json_path=extra, data=data, quality=False, progress=False)
-    second = evaluate_run(run, samples=10, test_subset=12, batch_size=5, data=data, quality=False, progress=False)
-    assert first["test"] == second["test"]
     saved = json.loads((run / "evaluation.json").read_text())
     assert json.loads(extra.read_text()) == saved
+    second = evaluate_run(run, samples=10, test_subset=12, batch_size=5, data=data, quality=False, progress=False)
+    assert {k: v for k, v in first.items() if k != "seconds"} == {k: v for k, v in second.items() if k != "seconds"}
     settings = saved["settings"]
     assert settings["nll_samples"] == 10 and settings["test_images"] == 12 and settings["test_subset"] == 12
     assert settings["binarize_seed"] == EVAL_BINARIZE_SEED and settings["vaekit_version"]
