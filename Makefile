@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-# Without an NVIDIA GPU take PyTorch's CPU build (about 200 MB) instead of PyPI's CUDA one (several GB).
+# Without an NVIDIA GPU take PyTorch's CPU build (a local wheel where pip's find-links has one) (about 200 MB) instead of PyPI's CUDA one (several GB).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_EPOCHS ?= 4
 DEMO_OUT ?= runs/demo
@@ -14,8 +14,9 @@ $(BIN)/vaekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
-	else $(BIN)/pip install -q --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
-	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); fi
+	elif $(BIN)/pip download -q --no-deps --no-index -d "$$(mktemp -d)" "torch==$(TORCH_VERSION)" >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	else $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); fi
 	$(BIN)/pip install -q -e ".[test,digits]"
 	@touch $@
 
