@@ -241,13 +241,16 @@ def load_folder(path: str, image_size: int | None, channels: int | None, seed: i
     if not loaded:  # checked before the warning below, so the user reads one line, not two
         raise VaekitError(f"none of the {len(entries)} image files in {path} could be read; "
                           f"check that they are valid PNG/JPEG files")
+    notes = []  # one warning line for everything the user should know about this folder
     if bad:
         names = [str(p.relative_to(root)) for p in bad]
         more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
-        warn(f"skipped {len(bad)} unreadable file(s) in {path}: {', '.join(names[:_MAX_NAMED])}{more}")
+        notes.append(f"skipped {len(bad)} unreadable file(s) in {path}: {', '.join(names[:_MAX_NAMED])}{more}")
     if len(set(shapes)) > 1 or len(set(modes)) > 1:
-        warn(f"images in {path} come in {len(set(shapes))} size(s) and {len(set(modes))} mode(s) "
-             f"({', '.join(sorted(set(modes)))}); each was scaled, centre-cropped to {size}x{size} and converted")
+        notes.append(f"images in {path} come in {len(set(shapes))} size(s) and {len(set(modes))} mode(s) "
+                     f"({', '.join(sorted(set(modes)))}); each was scaled, centre-cropped to {size}x{size} and converted")
+    if notes:
+        warn("; ".join(notes))
     if channels is None:
         channels = 1 if all(g for _, g in loaded) else 3
     mode = "L" if channels == 1 else "RGB"
