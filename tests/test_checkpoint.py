@@ -142,9 +142,6 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(run, tmp_path, capsys
     with pytest.raises(VaekitError, match="refusing to load it"):
         load_checkpoint(run, with_training=True)
     assert not marker.exists()
-    # The payload is real: an unrestricted torch.load would have run it.
-    torch.load(planted, weights_only=False)
-    assert marker.exists()
 
 
 def test_an_incompatible_format_version_is_refused_naming_both(run, capsys):
