@@ -61,11 +61,13 @@ def test_64_pixel_rgb_images_train_one_step(tmp_path):
     assert run.model.sample(2).shape == (2, 3, 64, 64)
 
 
-def test_time_budget_stops_after_the_epoch_it_ran_out_in(splits, tmp_path):
-    config = tiny_config(data__train_subset=8, train__batch_size=8, train__epochs=50, train__max_minutes=1e-6)
+def test_time_budget_stops_at_a_step_and_resumes_exactly(splits, tmp_path):
+    # 32 images in batches of 8: four steps an epoch; a budget that is gone at once stops after step 1.
+    config = tiny_config(data__train_subset=32, train__batch_size=8, train__epochs=2, train__max_minutes=1e-6)
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
-    rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 2  # the header and one epoch
+    assert load_run(out).state["step"] == 1 and not (out / "metrics.csv").exists()
+    resumed = load_run(train(config, resume=out, data=splits, progress=False))  # a fresh budget: one more step
+    assert (resumed.state["step"], resumed.state["position"], resumed.state["epoch"]) == (2, 2, 0)
 
 
 def test_cli_flags_reach_the_model_config():

@@ -91,7 +91,7 @@ class TrainConfig:
     detect_anomaly: bool = False
     channels_last: bool = True
     tensorboard: bool = False  # scalars, images and the latent embedding under RUN/tensorboard
-    max_minutes: float | None = None  # wall-clock budget: stop after the epoch in which it runs out
+    max_minutes: float | None = None  # wall-clock budget: stop at the first step past it (a resumable checkpoint)
 
     def validate(self) -> None:
         _positive(self, "epochs", "--epochs")

@@ -178,8 +178,10 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 anomaly = _backward(loss, t.detect_anomaly)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
                 # One all-reduce per step: every rank learns whether any rank saw a bad number or a signal.
-                bad_recon, bad_kl, bad_grad, interrupted = ctx.any_of(
-                    [~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), anomaly is not None or not torch.isfinite(grad_norm), stop.signum is not None], device)
+                out_of_time = t.max_minutes is not None and time.perf_counter() - budget_start > 60 * t.max_minutes
+                bad_recon, bad_kl, bad_grad, interrupted, out_of_time = ctx.any_of(
+                    [~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), anomaly is not None or not torch.isfinite(grad_norm),
+                     stop.signum is not None, out_of_time], device)
                 if bad_recon or bad_kl or bad_grad:  # before optimizer.step(): the weights stay good
                     bar.close()
                     raise _non_finite(model, x, t, ctx, device, run_dir, state["step"] + 1, bad_recon, bad_kl, anomaly)
@@ -197,14 +199,20 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                     s = sums.tolist()
                     bar.set_postfix(loss=f"{s[3] / s[4]:.2f}", recon=f"{-s[1] / s[4]:.2f}", kl=f"{s[2] / s[4]:.2f}")
                 due = t.checkpoint_every and state["step"] % t.checkpoint_every == 0
-                if (interrupted or due) and state["position"] < n_batches:  # the epoch's end saves anyway
+                if (interrupted or out_of_time or due) and state["position"] < n_batches:  # the epoch's end saves anyway
                     state["sums"], state["seconds"] = sums.tolist(), time.perf_counter() - started
                     _save(run_dir, model, optimizer, state, ctx, device)
-                if interrupted:
+                if interrupted or out_of_time:
                     break
             bar.close()
             if interrupted and state["position"] < n_batches:
                 raise _interrupted(stop, state["step"], run_dir)
+            if out_of_time and state["position"] < n_batches:
+                # Mid-epoch: the checkpoint above resumes exactly; no validation row for a part epoch.
+                if ctx.is_master:
+                    print(f"vaekit: time budget of {t.max_minutes:g} minutes used up after step {state['step']} "
+                          f"(epoch {epoch + 1}, batch {state['position']}/{n_batches}); checkpoint saved", file=sys.stderr)
+                break
             seconds = time.perf_counter() - started
             totals = ctx.all_reduce_sum(sums.clone()).tolist()
             ctx.sync_buffers(model)  # evaluate and save rank 0's BatchNorm statistics on every rank
@@ -237,8 +245,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 _save(run_dir, model, optimizer, state, ctx, device)  # joins the RNG gather
             if interrupted:  # the signal came on an epoch's last step: its checkpoint is the one above
                 raise _interrupted(stop, state["step"], run_dir)
-            # The wall-clock budget: every rank joins the vote, so all stop after the same epoch.
-            if t.max_minutes is not None and ctx.any_of([time.perf_counter() - budget_start > 60 * t.max_minutes], device)[0]:
+            if out_of_time:  # the budget ran out on the epoch's last step
                 break
     if tb:
         tb.close()
