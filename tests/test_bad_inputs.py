@@ -134,6 +134,7 @@ CASES = [
     ("batch-larger-than-data", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "500"], ["larger than the 160 training images", "lower it"]),
     ("negative-checkpoint-every", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
     ("grad-clip-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"], ["--grad-clip must be positive"]),
+    ("max-minutes-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--max-minutes", "0"], ["--max-minutes (max_minutes) must be a positive number"]),
     ("not-an-int", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"], ["invalid int value", "--help"]),
     ("unknown-dataset", lambda t, n, r, m: TRAIN + ["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "use one of"]),
     ("unknown-likelihood", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--likelihood", "poisson"], ["unknown --likelihood 'poisson'", "choose one of"]),

@@ -72,8 +72,10 @@ def test_time_budget_stops_at_a_step_and_resumes_exactly(splits, tmp_path):
 
 def test_cli_flags_reach_the_model_config():
     args = build_parser().parse_args(["train", "--likelihood", "logistic", "--logistic-mixtures", "3", "--prior", "vamp",
-                                      "--prior-components", "7", "--gaussian-variance", "global", "--iw-samples", "4"])
+                                      "--prior-components", "7", "--gaussian-variance", "global", "--iw-samples", "4",
+                                      "--max-minutes", "2.5"])
     config = _config_from_args(args)
     m = config.model
     assert (m.likelihood, m.logistic_mixtures, m.prior, m.prior_components, m.gaussian_variance) == ("logistic", 3, "vamp", 7, "global")
-    assert config.data.binarize is False and config.train.iw_samples == 4
+    assert config.data.binarize is False and config.train.iw_samples == 4 and config.train.max_minutes == 2.5
+    assert config.train.objective_name == "iwae(4)"

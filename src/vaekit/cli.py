@@ -23,16 +23,17 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="image size for folder/npz/digits data (28, 32 or 64)")
     p.add_argument("--latent-size", type=int, default=32)
     p.add_argument("--components", type=int, default=1, help="mixture components K of q(z|x)")
-    p.add_argument("--prior", default="normal")
-    p.add_argument("--prior-components", type=int, default=10)
+    p.add_argument("--prior", default="normal", help="normal (default), mog (a learned mixture) or vamp (the VampPrior)")
+    p.add_argument("--prior-components", type=int, default=10, metavar="M", help="components of the mog prior or pseudo-inputs of the VampPrior")
     p.add_argument("--likelihood", default="bernoulli", help="bernoulli (default), continuous-bernoulli, gaussian or logistic; all but bernoulli train on grey levels")
     p.add_argument("--logistic-mixtures", type=int, default=1, help="components of the discretised logistic likelihood")
     p.add_argument("--gaussian-variance", default="pixel", help="learned variance of the gaussian likelihood: pixel or global")
     p.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
+    p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-clock budget: stop at the first step past it with a resumable checkpoint")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=69420)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (not 1: a beta-objective, not the ELBO)")
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
     p.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension")
     p.add_argument("--iw-samples", type=int, default=1, help="train on the importance-weighted bound with S samples")
@@ -64,7 +65,7 @@ def _config_from_args(args) -> "RunConfig":
         beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples,
         checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip, detect_anomaly=args.detect_anomaly,
         channels_last=not args.no_channels_last,
-        tensorboard=args.tensorboard,
+        tensorboard=args.tensorboard, max_minutes=args.max_minutes,
     )
     return RunConfig(model, data, train).validate()
 
@@ -81,7 +82,9 @@ def cmd_train(args) -> int:
         config = RunConfig.load(run / CONFIG)
         if args.epochs is not None:  # an explicit --epochs extends (or shortens) the resumed run
             config.train.epochs = args.epochs
-            config.validate()
+        if args.max_minutes is not None:  # a budget is per process: a resumed run may get a new one
+            config.train.max_minutes = args.max_minutes
+        config.validate()
         out = train(config, resume=run, progress=not args.quiet)
     else:
         out = train(_config_from_args(args), out=args.out, progress=not args.quiet)
@@ -132,7 +135,7 @@ def cmd_evaluate(args) -> int:
     spec = ClassifierSpec(epochs=args.classifier_epochs) if args.classifier_epochs else None
     result = evaluate_run(args.run, samples=args.nll_samples, test_subset=args.test_subset, batch_size=args.batch_size,
                           json_path=args.json, quality=not args.no_quality, quality_samples=args.quality_samples,
-                          classifier_spec=spec, seed=args.seed, progress=not args.quiet)
+                          classifier_spec=spec, seed=args.seed, progress=not args.quiet, fast=not args.plain, compile=args.compile)
     print(json.dumps(_evaluation_summary(result), indent=2))
     return 0
 
@@ -183,6 +186,8 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("--classifier-epochs", type=int, help="epochs of the feature classifier when it is trained (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance and prior samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--plain", action="store_true", help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks first (pays a compile time once; wins on GPU)")
     p = sub.add_parser("interpolate", help="decoded strips between posterior means of test images")
     p.add_argument("run")
     p.add_argument("--out", help="PNG file (default RUN/interpolations.png)")

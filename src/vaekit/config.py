@@ -101,7 +101,7 @@ class TrainConfig:
             raise VaekitError("--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted bound "
                               "(--iw-samples > 1) has none, so use one or the other")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
-            raise VaekitError(f"max_minutes must be a positive number, got {self.max_minutes}")
+            raise VaekitError(f"--max-minutes (max_minutes) must be a positive number, got {self.max_minutes}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise VaekitError(f"--lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
@@ -120,6 +120,15 @@ class TrainConfig:
     def is_elbo(self) -> bool:
         """Whether the trained objective is the plain ELBO (or IWAE bound)."""
         return self.beta == 1.0 and self.kl_warmup == 0 and self.free_bits == 0.0
+
+    @property
+    def objective_name(self) -> str:
+        """What training maximises, as logs and the metrics' `objective` column name it."""
+        if self.iw_samples > 1:
+            return f"iwae({self.iw_samples})"
+        if self.is_elbo:
+            return "elbo"
+        return f"beta-objective(beta={self.beta:g}, warmup={self.kl_warmup:g}, free_bits={self.free_bits:g})"
 
 
 @dataclass

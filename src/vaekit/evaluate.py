@@ -8,7 +8,7 @@ import torch
 
 from .batching import binarize_fixed, to_float
 from .distributed import DistContext
-from .objectives import elbo_terms
+from .objectives import elbo_terms, log_likelihood_estimate  # noqa: F401  (re-exported: evaluation's estimator)
 
 EVAL_BINARIZE_SEED = 20190101  # independent of any training seed, so numbers compare across runs
 
@@ -51,29 +51,6 @@ def bound_means(model, images: torch.Tensor, batch_size: int, binarize: bool, se
 
 EVAL_SAMPLING_SEED = 0  # default seed of the importance samples and prior samples: reruns give the same numbers
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Var_x(E_q[z_d]) above this counts as active
-
-
-def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int = 4096, bar=None) -> torch.Tensor:
-    """logsumexp_s[log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S per image: (B,) float64.
-
-    z_s come from the full mixture q(z|x) (component index sampled: no gradient is needed).
-    Samples are drawn in chunks of ~`chunk` decoded images, each chunk for all B images at
-    once, and folded into a running logsumexp, so memory stays bounded whatever S is.
-    """
-    b = x.shape[0]
-    q = model.encode(x)  # (B, K, D)
-    prior = model.prior()
-    target = model.crop(x)
-    per_chunk = max(1, chunk // b)
-    total = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
-    for start in range(0, samples, per_chunk):
-        s = min(per_chunk, samples - start)
-        z = q.sample((s,))  # (s, B, D)
-        log_w = model.decode(z).log_prob(target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
-        total = torch.logaddexp(total, torch.logsumexp(log_w.double(), 0))
-        if bar is not None:
-            bar.update(s * b)
-    return total - math.log(samples)
 
 
 def number_kind(likelihood: str, binarized: bool) -> tuple[str, bool]:
@@ -224,10 +201,14 @@ def evaluate_run(
     classifier_spec=None,
     seed: int = EVAL_SAMPLING_SEED,
     progress: bool = True,
+    fast: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict.
 
     `data` (a DatasetSplits) skips loading the run's dataset by name, e.g. for generated data.
+    `fast` (the default) evaluates the BatchNorm-folded channels_last copy: the same numbers to
+    float rounding, about 2x faster on CPU; `compile` also torch.compiles it.
     """
     import json
     import time
@@ -248,7 +229,7 @@ def evaluate_run(
     data = data or _load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
-    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress)
+    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress, fast=fast, compile=compile)
     seconds = {"bounds_and_nll": time.perf_counter() - started}
     out = {
         "settings": {
@@ -266,6 +247,7 @@ def evaluate_run(
             "checkpoint_epoch": run.state.get("epoch"),
             "vaekit_version": __version__,
             "proposal": "q(z|x), z_s drawn from the full mixture",
+            "network_path": ("compiled, " if compile else "") + ("BatchNorm folded, channels_last" if fast or compile else "plain eval mode"),
         },
         **result,
     }

@@ -49,28 +49,31 @@ def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = Non
     return Terms(recon - kl, recon, kl, latent_size=z.shape[-1])
 
 
-def log_importance_weights(model, x: torch.Tensor, samples: int, chunk: int = 0, x_target: torch.Tensor | None = None) -> torch.Tensor:
-    """log p(x, z_s) - log q(z_s|x) for z_s drawn from the full mixture: (S, B).
+def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int = 4096, bar=None) -> torch.Tensor:
+    """logsumexp_s[log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S per image: (B,) float64.
 
-    Chunked over samples so that at most ~`chunk` images are decoded at once.
+    The importance-sampled estimate of log p(x) that evaluation reports, and the IWAE bound
+    (Burda et al. 2015) with S samples: it tightens towards log p(x) as S grows. z_s come from
+    the full mixture q(z|x) (component index sampled: this is for evaluation, not gradients;
+    training uses iwae_terms).
+
+    Samples are drawn in chunks of ~`chunk` decoded images, each chunk for all B images at
+    once, and folded into a running logsumexp, so memory stays bounded whatever S is.
     """
-    x_target = model.crop(x if x_target is None else x_target)
-    q = model.encode(x)
+    b = x.shape[0]
+    q = model.encode(x)  # (B, K, D)
     prior = model.prior()
-    per_chunk = max(1, (chunk or 4096) // x.shape[0])
-    out = []
+    target = model.crop(x)
+    per_chunk = max(1, chunk // b)
+    total = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
     for start in range(0, samples, per_chunk):
         s = min(per_chunk, samples - start)
-        z = q.sample((s,)) if not torch.is_grad_enabled() else q.rsample((s,))  # (s, B, D)
-        log_w = model.decode(z).log_prob(x_target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
-        out.append(log_w)
-    return torch.cat(out)
-
-
-def iwae_bound(model, x: torch.Tensor, samples: int, chunk: int = 0) -> torch.Tensor:
-    """logsumexp_s(log w_s) - log S: a lower bound on log p(x) that tightens with S. (B,)"""
-    log_w = log_importance_weights(model, x, samples, chunk)
-    return torch.logsumexp(log_w, 0) - math.log(samples)
+        z = q.sample((s,))  # (s, B, D)
+        log_w = model.decode(z).log_prob(target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
+        total = torch.logaddexp(total, torch.logsumexp(log_w.double(), 0))
+        if bar is not None:
+            bar.update(s * b)
+    return total - math.log(samples)
 
 
 def iwae_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samples: int) -> Terms:

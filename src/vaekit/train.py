@@ -152,14 +152,12 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
     images = train_images.to(device)
     val_images = data.val.images.to(device)
-    objective = "elbo" if config.train.is_elbo else f"beta-objective(beta={t.beta}, warmup={t.kl_warmup}, free_bits={t.free_bits})"
-    # What the train_elbo column holds: the ELBO, the IWAE bound, or a beta-objective's bound.
-    objective_name = f"iwae({t.iw_samples})" if t.iw_samples > 1 else ("elbo" if config.train.is_elbo else "beta-objective")
     if ctx.is_master and not config.train.is_elbo:
-        print(f"vaekit: training a {objective}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
+        print(f"vaekit: training a {t.objective_name}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
 
-    stop, interrupted = _SignalFlag(), False
+    stop = _SignalFlag()
     budget_start = time.perf_counter()  # TrainConfig.max_minutes counts from here (this process's start or resume)
+    out_of_time = lambda: t.max_minutes is not None and time.perf_counter() - budget_start > 60 * t.max_minutes  # noqa: E731
     with stop, (torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext()):
         while state["epoch"] < t.epochs:
             epoch = state["epoch"]
@@ -167,89 +165,98 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
             n_batches = batch_count(len(order), local_batch)
             sums = torch.tensor(state["sums"] or [0.0] * 5, dtype=torch.float64, device=device)  # elbo, recon, kl, loss, count
             started = time.perf_counter() - (state["seconds"] if state["position"] else 0.0)
-            bar = tqdm(total=n_batches, initial=state["position"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and ctx.is_master), leave=False, dynamic_ncols=True)
             model.train()
-            while state["position"] < n_batches:
-                i = state["position"]
-                x = make_batch(images, order[i * local_batch:(i + 1) * local_batch], config.data.binarize, memory_format)
-                terms = net(x, iw_samples=t.iw_samples)
-                loss = training_loss(terms, kl_weight(config, epoch, i / n_batches), t.free_bits)
-                optimizer.zero_grad(set_to_none=True)
-                anomaly = _backward(loss, t.detect_anomaly)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-                # One all-reduce per step: every rank learns whether any rank saw a bad number or a signal.
-                out_of_time = t.max_minutes is not None and time.perf_counter() - budget_start > 60 * t.max_minutes
-                bad_recon, bad_kl, bad_grad, interrupted, out_of_time = ctx.any_of(
-                    [~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), anomaly is not None or not torch.isfinite(grad_norm),
-                     stop.signum is not None, out_of_time], device)
-                if bad_recon or bad_kl or bad_grad:  # before optimizer.step(): the weights stay good
-                    bar.close()
-                    raise _non_finite(model, x, t, ctx, device, run_dir, state["step"] + 1, bad_recon, bad_kl, anomaly)
-                optimizer.step()
-                log_weights(state["step"] + 1, model)
-                if tb:
-                    tb.step(state["step"] + 1, loss, terms)
-                with torch.no_grad():
-                    b = x.shape[0]
-                    sums += torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss.detach() * b, torch.tensor(float(b), device=device)]).to(torch.float64)
-                state["position"] += 1
-                state["step"] += 1
-                bar.update(1)
-                if ctx.is_master and progress and (i % 10 == 0 or state["position"] == n_batches):
-                    s = sums.tolist()
-                    bar.set_postfix(loss=f"{s[3] / s[4]:.2f}", recon=f"{-s[1] / s[4]:.2f}", kl=f"{s[2] / s[4]:.2f}")
-                due = t.checkpoint_every and state["step"] % t.checkpoint_every == 0
-                if (interrupted or out_of_time or due) and state["position"] < n_batches:  # the epoch's end saves anyway
-                    state["sums"], state["seconds"] = sums.tolist(), time.perf_counter() - started
-                    _save(run_dir, model, optimizer, state, ctx, device)
-                if interrupted or out_of_time:
-                    break
-            bar.close()
-            if interrupted and state["position"] < n_batches:
-                raise _interrupted(stop, state["step"], run_dir)
-            if out_of_time and state["position"] < n_batches:
-                # Mid-epoch: the checkpoint above resumes exactly; no validation row for a part epoch.
+            with tqdm(total=n_batches, initial=state["position"], desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and ctx.is_master), leave=False, dynamic_ncols=True) as bar:
+                while state["position"] < n_batches:
+                    i = state["position"]
+                    x = make_batch(images, order[i * local_batch:(i + 1) * local_batch], config.data.binarize, memory_format)
+                    terms, loss, interrupted, stopping = _step(net, model, optimizer, x, kl_weight(config, epoch, i / n_batches), t, ctx, device,
+                                                               run_dir, state["step"] + 1, [stop.signum is not None, out_of_time()])
+                    state["position"] += 1
+                    state["step"] += 1
+                    log_weights(state["step"], model)
+                    if tb:
+                        tb.step(state["step"], loss, terms)
+                    with torch.no_grad():
+                        sums += torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss.detach() * x.shape[0],
+                                             torch.tensor(float(x.shape[0]), device=device)]).to(torch.float64)
+                    bar.update(1)
+                    if ctx.is_master and progress and (i % 10 == 0 or state["position"] == n_batches):
+                        s = sums.tolist()
+                        bar.set_postfix(loss=f"{s[3] / s[4]:.2f}", recon=f"{-s[1] / s[4]:.2f}", kl=f"{s[2] / s[4]:.2f}")
+                    due = t.checkpoint_every and state["step"] % t.checkpoint_every == 0
+                    if (interrupted or stopping or due) and state["position"] < n_batches:  # the epoch's end saves anyway
+                        state["sums"], state["seconds"] = sums.tolist(), time.perf_counter() - started
+                        _save(run_dir, model, optimizer, state, ctx, device)
+                    if interrupted or stopping:
+                        break
+            if state["position"] < n_batches:  # stopped mid-epoch; the checkpoint above resumes exactly
+                if interrupted:
+                    raise _interrupted(stop, state["step"], run_dir)
                 if ctx.is_master:
                     print(f"vaekit: time budget of {t.max_minutes:g} minutes used up after step {state['step']} "
                           f"(epoch {epoch + 1}, batch {state['position']}/{n_batches}); checkpoint saved", file=sys.stderr)
                 break
-            seconds = time.perf_counter() - started
-            totals = ctx.all_reduce_sum(sums.clone()).tolist()
-            ctx.sync_buffers(model)  # evaluate and save rank 0's BatchNorm statistics on every rank
-            val = bound_means(model, val_images, 256, config.data.binarize, VALIDATION_SEED, ctx)
-            row = {
-                "epoch": epoch + 1, "step": state["step"], "objective": objective_name,
-                "train_elbo": totals[0] / totals[4], "train_recon": totals[1] / totals[4], "train_kl": totals[2] / totals[4],
-                "train_loss": totals[3] / totals[4],
-                "val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
-                "seconds": seconds, "images_per_s": totals[4] / seconds,
-            }
-            state["history"].append(row)
-            is_best = state["best_val_elbo"] is None or val["elbo"] > state["best_val_elbo"]
-            if is_best:
-                state["best_val_elbo"] = val["elbo"]
-            state.update(epoch=epoch + 1, position=0, sums=None, seconds=0.0)
-            if ctx.is_master:
-                write_metrics(run_dir, state["history"])
-                _save(run_dir, model, optimizer, state, ctx, device, best=is_best)
-                _refresh_pictures(run_dir, model, data, device)
-                if tb:
-                    tb.epoch(epoch + 1, model, data, row)
-                print(
-                    f"epoch {epoch + 1}/{t.epochs}  train {row['objective']} {row['train_elbo']:.2f}  "
-                    f"val elbo {val['elbo']:.2f} (recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
-                    f"{seconds:.1f}s  {row['images_per_s']:.0f} img/s",
-                    file=sys.stderr,
-                )
-            else:
-                _save(run_dir, model, optimizer, state, ctx, device)  # joins the RNG gather
+            _end_epoch(config, model, optimizer, state, sums, time.perf_counter() - started, val_images, data, run_dir, ctx, device, tb)
             if interrupted:  # the signal came on an epoch's last step: its checkpoint is the one above
                 raise _interrupted(stop, state["step"], run_dir)
-            if out_of_time:  # the budget ran out on the epoch's last step
+            if stopping:  # the budget ran out on the epoch's last step
                 break
     if tb:
         tb.close()
     return run_dir
+
+
+def _step(net, model: VAE, optimizer, x: torch.Tensor, kl_w: float, t, ctx: DistContext, device: torch.device,
+          run_dir: Path, step: int, stop_flags: list[bool]) -> tuple[Terms, torch.Tensor, bool, bool]:
+    """One optimizer step on batch x. Returns the terms, the loss, and whether any rank was
+    signalled or ran out of time (one all-reduce per step carries every rank's flags)."""
+    terms = net(x, iw_samples=t.iw_samples)
+    loss = training_loss(terms, kl_w, t.free_bits)
+    optimizer.zero_grad(set_to_none=True)
+    anomaly = _backward(loss, t.detect_anomaly)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+    bad_recon, bad_kl, bad_grad, interrupted, out_of_time = ctx.any_of(
+        [~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), anomaly is not None or not torch.isfinite(grad_norm), *stop_flags], device)
+    if bad_recon or bad_kl or bad_grad:  # before optimizer.step(): the weights stay good
+        raise _non_finite(model, x, t, ctx, device, run_dir, step, bad_recon, bad_kl, anomaly)
+    optimizer.step()
+    return terms, loss, interrupted, out_of_time
+
+
+def _end_epoch(config: RunConfig, model: VAE, optimizer, state: dict, sums: torch.Tensor, seconds: float, val_images: torch.Tensor,
+               data: DatasetSplits, run_dir: Path, ctx: DistContext, device: torch.device, tb) -> None:
+    """Validation, the metrics row, the checkpoint (and `best` pointer) and the pictures."""
+    t, epoch = config.train, state["epoch"]
+    totals = ctx.all_reduce_sum(sums.clone()).tolist()
+    ctx.sync_buffers(model)  # evaluate and save rank 0's BatchNorm statistics on every rank
+    val = bound_means(model, val_images, 256, config.data.binarize, VALIDATION_SEED, ctx)
+    row = {
+        "epoch": epoch + 1, "step": state["step"], "objective": t.objective_name,  # what train_elbo holds
+        "train_elbo": totals[0] / totals[4], "train_recon": totals[1] / totals[4], "train_kl": totals[2] / totals[4],
+        "train_loss": totals[3] / totals[4],
+        "val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
+        "seconds": seconds, "images_per_s": totals[4] / seconds,
+    }
+    state["history"].append(row)
+    is_best = state["best_val_elbo"] is None or val["elbo"] > state["best_val_elbo"]
+    if is_best:
+        state["best_val_elbo"] = val["elbo"]
+    state.update(epoch=epoch + 1, position=0, sums=None, seconds=0.0)
+    if not ctx.is_master:
+        _save(run_dir, model, optimizer, state, ctx, device)  # joins the RNG gather
+        return
+    write_metrics(run_dir, state["history"])
+    _save(run_dir, model, optimizer, state, ctx, device, best=is_best)
+    _refresh_pictures(run_dir, model, data, device)
+    if tb:
+        tb.epoch(epoch + 1, model, data, row)
+    print(
+        f"epoch {epoch + 1}/{t.epochs}  train {row['objective']} {row['train_elbo']:.2f}  "
+        f"val elbo {val['elbo']:.2f} (recon {val['recon']:.2f}, kl {val['kl']:.2f})  "
+        f"{seconds:.1f}s  {row['images_per_s']:.0f} img/s",
+        file=sys.stderr,
+    )
 
 
 def _interrupted(stop: "_SignalFlag", step: int, run_dir: Path) -> TrainingInterrupted:
