@@ -61,7 +61,7 @@ def test_64_pixel_rgb_images_train_one_step(tmp_path):
     assert run.model.sample(2).shape == (2, 3, 64, 64)
 
 
-def test_time_budget_stops_at_a_step_and_resumes_exactly(splits, tmp_path):
+def test_time_budget_stops_at_a_step_and_resumes_where_it_stopped(splits, tmp_path):
     # 32 images in batches of 8: four steps an epoch; a budget that is gone at once stops after step 1.
     config = tiny_config(data__train_subset=32, train__batch_size=8, train__epochs=2, train__max_minutes=1e-6)
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
