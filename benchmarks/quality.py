@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latent-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="constant", help="constant (default) or cosine, annealed over --epochs")
+    p.add_argument("--epochs", type=int, help="stop after this many epochs if the budget lasts that long (with --lr-schedule "
+                   "cosine, choose what the budget fits: the schedule runs over these epochs)")
     p.add_argument("--seed", type=int, default=69420)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (default: the usual places)")
@@ -99,8 +102,9 @@ def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
     model = ModelConfig(latent_size=args.latent_size, components=combo["components"], prior=combo["prior"],
                         prior_components=args.pseudo_inputs, image_size=28)
     data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, binarize=True)
-    # Epochs is only a ceiling: the time budget decides when each run stops.
-    train_cfg = TrainConfig(epochs=100_000, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+    # Without --epochs, epochs is only a ceiling: the time budget decides when each run stops.
+    train_cfg = TrainConfig(epochs=args.epochs or 100_000, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                            seed=args.seed, device=args.device,
                             iw_samples=args.iw_samples if combo["objective"] == "iwae" else 1, max_minutes=args.minutes)
     return RunConfig(model, data, train_cfg).validate()
 

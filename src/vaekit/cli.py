@@ -32,6 +32,7 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-clock budget: stop at the first step past it with a resumable checkpoint")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="constant", help="constant (default) or cosine: anneal --lr to 0 over --epochs")
     p.add_argument("--seed", type=int, default=69420)
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (not 1: a beta-objective, not the ELBO)")
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
@@ -61,7 +62,7 @@ def _config_from_args(args) -> "RunConfig":
     )
     data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, train_subset=args.train_subset, binarize=not args.grey)
     train = TrainConfig(
-        epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples,
         checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip, detect_anomaly=args.detect_anomaly,
         channels_last=not args.no_channels_last,

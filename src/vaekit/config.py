@@ -20,6 +20,7 @@ PRIORS = ("normal", "mog", "vamp")
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
 GREY_LIKELIHOODS = ("continuous-bernoulli", "gaussian", "logistic")  # train on grey levels, never binarised
 IMAGE_SIZES = (28, 32, 64)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": from lr down to 0 over epochs x batches, a pure function of the step
     seed: int = 69420
     device: str = "auto"
     beta: float = 1.0  # weight of the KL; anything but 1 is not an ELBO and is logged as such
@@ -115,6 +117,14 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
         _choice(self.device, ("auto", "cpu", "cuda"), "--device")
+        _choice(self.lr_schedule, LR_SCHEDULES, "--lr-schedule")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimizer step `step` (0-based) of `total_steps`. A function of
+        the step alone, so a resumed run follows the same schedule without a scheduler state."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        return self.lr
 
     @property
     def is_elbo(self) -> bool:

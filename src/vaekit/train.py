@@ -170,6 +170,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                 while state["position"] < n_batches:
                     i = state["position"]
                     x = make_batch(images, order[i * local_batch:(i + 1) * local_batch], config.data.binarize, memory_format)
+                    for group in optimizer.param_groups:
+                        group["lr"] = t.lr_at(state["step"], t.epochs * n_batches)
                     terms, loss, interrupted, stopping = _step(net, model, optimizer, x, kl_weight(config, epoch, i / n_batches), t, ctx, device,
                                                                run_dir, state["step"] + 1, [stop.signum is not None, out_of_time()])
                     state["position"] += 1
