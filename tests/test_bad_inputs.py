@@ -138,6 +138,7 @@ CASES = [
     ("not-an-int", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"], ["invalid int value", "--help"]),
     ("unknown-dataset", lambda t, n, r, m: TRAIN + ["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "use one of"]),
     ("unknown-likelihood", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--likelihood", "poisson"], ["unknown --likelihood 'poisson'", "choose one of"]),
+    ("unknown-lr-schedule", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr-schedule", "step"], ["unknown --lr-schedule 'step'", "choose one of"]),
     ("unknown-flag", lambda t, n, r, m: TRAIN + ["--learning-rate", "0.1"], ["unrecognized arguments", "--help"]),
     ("config-unknown-key", lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(hidden_dims=[32, 64])))], ["unknown key(s) hidden_dims", "remove them"]),
     ("config-wrong-type", lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(latent_size="four")))], ["model.latent_size: expected int", '"four"']),

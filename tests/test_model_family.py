@@ -73,9 +73,39 @@ def test_time_budget_stops_at_a_step_and_resumes_where_it_stopped(splits, tmp_pa
 def test_cli_flags_reach_the_model_config():
     args = build_parser().parse_args(["train", "--likelihood", "logistic", "--logistic-mixtures", "3", "--prior", "vamp",
                                       "--prior-components", "7", "--gaussian-variance", "global", "--iw-samples", "4",
-                                      "--max-minutes", "2.5"])
+                                      "--max-minutes", "2.5", "--lr-schedule", "cosine"])
     config = _config_from_args(args)
     m = config.model
     assert (m.likelihood, m.logistic_mixtures, m.prior, m.prior_components, m.gaussian_variance) == ("logistic", 3, "vamp", 7, "global")
     assert config.data.binarize is False and config.train.iw_samples == 4 and config.train.max_minutes == 2.5
+    assert config.train.lr_schedule == "cosine"
     assert config.train.objective_name == "iwae(4)"
+
+
+def test_cosine_learning_rate_follows_the_closed_form():
+    from vaekit.config import TrainConfig
+
+    t = TrainConfig(lr=0.02, lr_schedule="cosine")
+    assert t.lr_at(0, 100) == pytest.approx(0.02)
+    assert t.lr_at(50, 100) == pytest.approx(0.01)
+    assert t.lr_at(25, 100) == pytest.approx(0.01 * (1 + 2 ** -0.5))
+    assert t.lr_at(100, 100) == pytest.approx(0.0, abs=1e-15) and t.lr_at(150, 100) == pytest.approx(0.0, abs=1e-15)
+    assert TrainConfig(lr=0.02).lr_at(50, 100) == 0.02
+
+
+def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
+    # 32 images in batches of 8 for 2 epochs: 8 steps, the last one taken at lr_at(7, 8).
+    config = tiny_config(data__train_subset=32, train__batch_size=8, train__epochs=2, train__lr_schedule="cosine")
+    from vaekit.checkpoint import load_checkpoint
+
+    straight_dir = train(config, out=tmp_path / "straight", data=splits, progress=False)
+    optimizer = load_checkpoint(straight_dir, "latest", with_training=True).training["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(config.train.lr_at(7, 8))
+    assert config.train.lr_at(7, 8) < 0.05 * config.train.lr  # the schedule did anneal
+    config.train.max_minutes = 1e-6  # stops after step 1 ...
+    out = train(config, out=tmp_path / "stopped", data=splits, progress=False)
+    config.train.max_minutes = None  # ... and the rest without a budget
+    resumed = load_run(train(config, resume=out, data=splits, progress=False), "latest")
+    straight = load_run(straight_dir, "latest")
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
