@@ -45,7 +45,8 @@ from vaekit.model import VAE
 from vaekit.objectives import training_loss
 from vaekit.runs import read_metrics
 from vaekit.speed import inference_model, set_threads, warm_up
-from vaekit.train import train
+from vaekit.distributed import DistContext
+from vaekit.train import _check_every, _StepChecks, train
 
 BATCH = 128
 LATENT = 32
@@ -187,14 +188,19 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     batch_s = statistics.median(timed(lambda: make_batch(images, index, True, memory_format), device) for _ in range(20))
     step_s = BATCH / statistics.median(rates)
 
-    # The per-step finite checks and gradient norm (host syncs on CUDA) against the step.
+    # The per-step finite checks and gradient norm against the step: what train._step records on
+    # the device, and the settling (the host sync; every step on a CPU, every CUDA_CHECK_EVERY on a GPU).
     model.zero_grad()
     step()
+    ctx, every = DistContext(), _check_every(device, False)
+    step_checks = _StepChecks(every, device)
+    terms = model(make_batch(images, index, True, memory_format))
 
     def checks():
-        loss_ok = bool(torch.isfinite(torch.tensor(1.0, device=device)))
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-        return loss_ok and bool(torch.isfinite(norm))
+        bad = torch.stack([~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), ~torch.isfinite(norm)]).float()
+        step_checks.record(1, bad)
+        return step_checks.settle([False, False], ctx, None) if every == 1 else None
 
     checks()
     checks_s = statistics.median(timed(checks, device) for _ in range(20))

@@ -246,6 +246,72 @@ def test_detect_anomaly_turns_on_anomaly_mode_and_names_the_operation(npz, tmp_p
     assert not torch.is_anomaly_enabled()
 
 
+def _spy_optimizer(monkeypatch) -> list:
+    import vaekit.train as train_module
+
+    made = []
+    real = train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer", lambda model, lr: made.append((model, real(model, lr))) or made[-1][1])
+    return made
+
+
+@pytest.mark.parametrize("how, message", [("recon-value", "non-finite loss at step 2 in the reconstruction term"),
+                                          ("kl-gradient", "non-finite gradient at step 2; ")])
+def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_update(npz, tmp_path, monkeypatch, capsys, how, message):
+    # What a GPU run does: the step never waits for the host; the flags are settled every
+    # CUDA_CHECK_EVERY steps, here once at the epoch's end, and bad steps were skipped on the device.
+    import vaekit.train as train_module
+
+    monkeypatch.setattr(train_module, "_check_every", lambda device, detect_anomaly: 1000)
+    made = _spy_optimizer(monkeypatch)
+    _poison(monkeypatch, 2, how)
+    out = tmp_path / "run"
+    assert main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 2  # no --checkpoint-every: nothing forces an earlier check
+    line = _one_line(capsys)
+    assert message in line and "no checkpoint had been written yet" in line
+    model, optimizer = made[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # steps 2.. were all bad, all skipped
+    assert {float(s["step"]) for s in optimizer.state.values()} == {1.0}  # only step 1 counted in Adam's moments
+
+
+def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
+    from vaekit.train import make_optimizer
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(net, 0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    for flag, changes in ((1.0, False), (0.0, True)):
+        net(torch.randn(4, 3)).square().sum().backward()
+        optimizer.found_inf = torch.tensor(flag)
+        optimizer.step()
+        same = all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+        assert same is not changes
+    reference = torch.optim.Adam([p.detach().clone().requires_grad_() for p in before], lr=0.1)  # the same update, unfused
+    for p, q in zip(reference.param_groups[0]["params"], net.parameters()):
+        p.grad = q.grad.clone()
+    reference.step()
+    for p, q in zip(reference.param_groups[0]["params"], net.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_a_checkpoint_of_an_unfused_adam_resumes_fused(npz, tmp_path, monkeypatch):
+    import vaekit.train as train_module
+
+    out = tmp_path / "run"
+    class Unfused(torch.optim.Adam):  # how vaekit's checkpoints were written before the fused Adam
+        found_inf = property(lambda self: None, lambda self, value: None)
+
+    monkeypatch.setattr(train_module, "make_optimizer", lambda model, lr: Unfused(model.parameters(), lr=lr))
+    assert main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 0
+    assert load_checkpoint(out, with_training=True).training["optimizer"]["param_groups"][0]["fused"] is None
+    monkeypatch.undo()
+    made = _spy_optimizer(monkeypatch)
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert made[0][1].param_groups[0]["fused"] is True
+    assert load_checkpoint(out, with_training=True).training["optimizer"]["param_groups"][0]["fused"] is True
+
+
 def test_grad_clip_bounds_the_gradient_norm(tmp_path, monkeypatch):
     real = torch.nn.utils.clip_grad_norm_
     seen = []

@@ -32,6 +32,11 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
     def any_of(self, flags: list[bool] | list[torch.Tensor], device: torch.device) -> list[bool]:
         """Each flag True on every rank if it is True on any rank, in one all-reduce.
 

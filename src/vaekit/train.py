@@ -132,7 +132,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     model.autocast = device.type == "cuda"  # bf16 networks on a GPU, fp32 bounds; on CPU bf16 was ~20x slower
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    optimizer = make_optimizer(model, t.lr)
     # Each rank draws its own binarisation and reparameterisation noise.
     torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
     state: dict[str, Any] = {"epoch": 0, "step": 0, "position": 0, "best_val_elbo": None, "history": [], "sums": None, "seconds": 0.0}
@@ -156,6 +156,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
         print(f"vaekit: training a {t.objective_name}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
 
     stop = _SignalFlag()
+    checks = _StepChecks(_check_every(device, t.detect_anomaly), device)
     budget_start = time.perf_counter()  # TrainConfig.max_minutes counts from here (this process's start or resume)
     out_of_time = lambda: t.max_minutes is not None and time.perf_counter() - budget_start > 60 * t.max_minutes  # noqa: E731
     with stop, (torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext()):
@@ -172,10 +173,14 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                     x = make_batch(images, order[i * local_batch:(i + 1) * local_batch], config.data.binarize, memory_format)
                     for group in optimizer.param_groups:
                         group["lr"] = t.lr_at(state["step"], t.epochs * n_batches)
-                    terms, loss, interrupted, stopping = _step(net, model, optimizer, x, kl_weight(config, epoch, i / n_batches), t, ctx, device,
-                                                               run_dir, state["step"] + 1, [stop.signum is not None, out_of_time()])
+                    terms, loss = _step(net, model, optimizer, x, kl_weight(config, epoch, i / n_batches), t, ctx, device, run_dir, state["step"] + 1, checks)
                     state["position"] += 1
                     state["step"] += 1
+                    due = t.checkpoint_every and state["step"] % t.checkpoint_every == 0
+                    interrupted = stopping = False
+                    if due or state["position"] % checks.every == 0 or state["position"] == n_batches:
+                        interrupted, stopping = checks.settle([stop.signum is not None, out_of_time()], ctx, lambda step, recon, kl: _non_finite(
+                            model, x if step == state["step"] else None, t, ctx, device, run_dir, step, recon, kl, checks.anomaly))
                     log_weights(state["step"], model)
                     if tb:
                         tb.step(state["step"], loss, terms)
@@ -183,10 +188,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
                         sums += torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss.detach() * x.shape[0],
                                              torch.tensor(float(x.shape[0]), device=device)]).to(torch.float64)
                     bar.update(1)
-                    if ctx.is_master and progress and (i % 10 == 0 or state["position"] == n_batches):
-                        s = sums.tolist()
+                    if ctx.is_master and progress and (state["position"] % max(10, checks.every) == 1 or state["position"] == n_batches):
+                        s = sums.tolist()  # a host sync: every 10 steps on a CPU, every CUDA_CHECK_EVERY on a GPU
                         bar.set_postfix(loss=f"{s[3] / s[4]:.2f}", recon=f"{-s[1] / s[4]:.2f}", kl=f"{s[2] / s[4]:.2f}")
-                    due = t.checkpoint_every and state["step"] % t.checkpoint_every == 0
                     if (interrupted or stopping or due) and state["position"] < n_batches:  # the epoch's end saves anyway
                         state["sums"], state["seconds"] = sums.tolist(), time.perf_counter() - started
                         _save(run_dir, model, optimizer, state, ctx, device)
@@ -209,21 +213,34 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     return run_dir
 
 
+CUDA_CHECK_EVERY = 25  # steps between host syncs on a GPU; on a CPU a sync is free and every step is checked
+
+
+def _check_every(device: torch.device, detect_anomaly: bool) -> int:
+    return 1 if device.type != "cuda" or detect_anomaly else CUDA_CHECK_EVERY
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam, fused: one kernel for all parameters, and it skips a step whose `found_inf` is set
+    without the host looking at it (what lets a GPU step run without a sync)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 def _step(net, model: VAE, optimizer, x: torch.Tensor, kl_w: float, t, ctx: DistContext, device: torch.device,
-          run_dir: Path, step: int, stop_flags: list[bool]) -> tuple[Terms, torch.Tensor, bool, bool]:
-    """One optimizer step on batch x. Returns the terms, the loss, and whether any rank was
-    signalled or ran out of time (one all-reduce per step carries every rank's flags)."""
+          run_dir: Path, step: int, checks: "_StepChecks") -> tuple[Terms, torch.Tensor]:
+    """One optimizer step on batch x, with no host sync: a non-finite loss or gradient on any
+    rank makes every rank skip the update on the device, and `checks` reports it later."""
     terms = net(x, iw_samples=t.iw_samples)
     loss = training_loss(terms, kl_w, t.free_bits)
     optimizer.zero_grad(set_to_none=True)
-    anomaly = _backward(loss, t.detect_anomaly)
+    anomaly = _backward(loss, t.detect_anomaly)  # only under --detect-anomaly, where every step is settled
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-    bad_recon, bad_kl, bad_grad, interrupted, out_of_time = ctx.any_of(
-        [~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), anomaly is not None or not torch.isfinite(grad_norm), *stop_flags], device)
-    if bad_recon or bad_kl or bad_grad:  # before optimizer.step(): the weights stay good
-        raise _non_finite(model, x, t, ctx, device, run_dir, step, bad_recon, bad_kl, anomaly)
+    bad = torch.stack([~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), ~torch.isfinite(grad_norm) | (anomaly is not None)])
+    bad = ctx.all_reduce_max(bad.float())  # every rank skips the same steps
+    optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
     optimizer.step()
-    return terms, loss, interrupted, out_of_time
+    checks.record(step, bad, anomaly)
+    return terms, loss
 
 
 def _end_epoch(config: RunConfig, model: VAE, optimizer, state: dict, sums: torch.Tensor, seconds: float, val_images: torch.Tensor,
@@ -278,10 +295,42 @@ def _backward(loss: torch.Tensor, detect_anomaly: bool) -> str | None:
     return None
 
 
+class _StepChecks:
+    """Non-finite terms, signals and the time budget, brought to the host every `every` steps.
+
+    `record` keeps each step's non-finite flags on the device (the first bad step and which
+    terms); `settle` is the one host sync: a single all-reduce of every rank's flags, so all
+    ranks stop at the same step. A step found bad was already skipped by the optimizer.
+    """
+
+    def __init__(self, every: int, device: torch.device) -> None:
+        self.every = every
+        self.first_bad = torch.tensor([-1.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=device)  # step; recon, kl, gradient bad
+        self.anomaly: str | None = None  # what --detect-anomaly named (host side: it came from an exception)
+
+    def record(self, step: int, bad: torch.Tensor, anomaly: str | None = None) -> None:
+        self.anomaly = self.anomaly or anomaly
+        first = (self.first_bad[0] < 0) & (bad.amax() > 0)
+        self.first_bad = torch.where(first, torch.cat([torch.full((1,), float(step), dtype=torch.float64, device=bad.device), bad.double()]), self.first_bad)
+
+    def settle(self, stop_flags: list[bool], ctx: DistContext, error) -> tuple[bool, bool]:
+        """(interrupted, out of time) on any rank; raises error(step, recon, kl) for a bad step."""
+        step, recon, kl, grad, *stops = ctx.any_of([self.first_bad[0] >= 0, *self.first_bad[1:], *stop_flags], self.first_bad.device)
+        if step:
+            raise error(int(self.first_bad[0].item()), recon, kl)
+        return stops[0], stops[1]
+
+
 def _non_finite(model, x, t, ctx: DistContext, device, run_dir: Path, step: int, bad_recon: bool, bad_kl: bool, anomaly: str | None) -> VaekitError:
-    """The one-line error for a NaN/inf, naming the step and the term (reconstruction or KL)."""
+    """The one-line error for a NaN/inf, naming the step and the term (reconstruction or KL).
+
+    x is the step's batch, or None when the bad step was found some steps later (on a GPU) and
+    its batch is gone; a gradient-only fault then cannot be traced to a term.
+    """
     what = "loss"
-    if not (bad_recon or bad_kl):
+    if not (bad_recon or bad_kl) and x is None:
+        what = "gradient"
+    elif not (bad_recon or bad_kl):
         # The loss was finite but a gradient was not: re-run the forward and differentiate each
         # term alone (autograd.grad, so DDP's gradient hooks stay out of it).
         what = "gradient"
@@ -293,14 +342,14 @@ def _non_finite(model, x, t, ctx: DistContext, device, run_dir: Path, step: int,
                 grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
                 flags.append(any(g is not None and not torch.isfinite(g).all() for g in grads))
         bad_recon, bad_kl = ctx.any_of(flags, device)
-    term = " and ".join(name for name, bad in (("reconstruction", bad_recon), ("KL", bad_kl)) if bad) or "unknown"
+    term = " and ".join(name for name, bad in (("reconstruction", bad_recon), ("KL", bad_kl)) if bad)
     if has_checkpoint(run_dir):
         kept = f"the last good checkpoint ({resolve_pointer(run_dir / 'checkpoints', 'latest').name}) is kept in {run_dir}"
     else:
         kept = "no checkpoint had been written yet"
     detail = f" ({anomaly})" if anomaly else ""
     return VaekitError(
-        f"non-finite {what} at step {step} in the {term} term{detail}; {kept}; "
+        f"non-finite {what} at step {step}{f' in the {term} term' if term else ''}{detail}; {kept}; "
         "try a lower --lr or --grad-clip 1.0, and --detect-anomaly to find the operation"
     )
 
@@ -316,6 +365,7 @@ def _restore(run_dir: Path, model, optimizer, state: dict, ctx: DistContext, dev
     model.load_state_dict(ckpt.model)
     try:
         optimizer.load_state_dict(training["optimizer"])
+        _keep_fused(optimizer)
         rngs = training["rng"]
         torch.set_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
         if device.type == "cuda" and "cuda_rng" in training:
@@ -323,6 +373,17 @@ def _restore(run_dir: Path, model, optimizer, state: dict, ctx: DistContext, dev
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         raise VaekitError(f"{where} does not fit this model ({(str(exc).splitlines() or [type(exc).__name__])[0]}); start a new run") from None
     state.update({k: ckpt.state[k] for k in state})
+
+
+def _keep_fused(optimizer: torch.optim.Adam) -> None:
+    """A checkpoint of a non-fused Adam (earlier vaekit) loads as non-fused, which refuses
+    `found_inf`: switch it back, with the step counters where the fused kernel wants them."""
+    for group in optimizer.param_groups:
+        group["fused"] = True
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
 
 
 def _save(run_dir: Path, model, optimizer, state: dict, ctx: DistContext, device: torch.device, best: bool = False) -> None:
