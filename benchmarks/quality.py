@@ -112,7 +112,7 @@ def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
 def evaluate(model, test_images: torch.Tensor, args: argparse.Namespace) -> dict:
     """vaekit's own evaluator (BatchNorm-folded fast path) on the fixed binarisation of the test images."""
     result = evaluate_model(model, test_images, binarize=True, samples=args.nll_samples, batch_size=args.eval_batch,
-                            chunk=8192, seed=EVAL_SEED, progress=False, fast=True)
+                            seed=EVAL_SEED, progress=False, fast=True)
     test = result["test"]
     return {
         "nll": test["nll"]["mean"], "nll_stderr": test["nll"]["stderr"],

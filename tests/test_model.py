@@ -63,3 +63,29 @@ def test_padding_is_not_scored():
     framed[..., :2, :] = 1 - framed[..., :2, :]
     torch.testing.assert_close(px.log_prob(model.crop(x)), px.log_prob(model.crop(framed)))
     assert px.log_prob(model.crop(x)).shape == (2,)
+
+
+def test_per_draw_decoding_runs_the_decoder_once_per_component_and_sample():
+    # Training decodes each draw (component k, sample s) on its own B latents, so the decoder's
+    # BatchNorm normalises over one latent per image whatever K and S are. The reference is
+    # an explicit loop over the draws calling the decoder network itself.
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=4, components=3, image_size=28)).train()
+    calls = []
+    model.decoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    z = torch.randn(5, 3, 4)  # (B, K, D)
+    got = model.decode(z, per_draw_of=0).logits  # (B, K, 1, 28, 28)
+    assert calls == [5, 5, 5]
+    for k in range(3):
+        torch.testing.assert_close(got[:, k], model.crop(model.decoder(z[:, k])))
+    z = torch.randn(2, 5, 3, 4)  # (S, B, K, D): the IWAE layout
+    got = model.decode(z, per_draw_of=1).logits
+    assert got.shape == (2, 5, 3, 1, 28, 28)
+    for s in range(2):
+        for k in range(3):
+            torch.testing.assert_close(got[s, :, k], model.crop(model.decoder(z[s, :, k])))
+    # One call on all 15 latents differs in training mode (BatchNorm statistics over 15) ...
+    assert not torch.allclose(model.decode(z[0]).logits, model.decode(z[0], per_draw_of=0).logits)
+    # ... and is the same in eval mode, where BatchNorm uses its running statistics.
+    model.eval()
+    torch.testing.assert_close(model.decode(z, per_draw_of=1).logits, model.decode(z).logits)

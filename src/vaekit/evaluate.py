@@ -82,7 +82,7 @@ def evaluate_model(
     binarize: bool,
     samples: int = 1000,
     batch_size: int = 250,
-    chunk: int = 4096,
+    chunk: int | None = None,
     seed: int = EVAL_SAMPLING_SEED,
     progress: bool = True,
     fast: bool = False,

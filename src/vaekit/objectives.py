@@ -35,7 +35,7 @@ def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = Non
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.component_rsample()  # (B, K, D)
-    px = model.decode(z)  # all K samples in one decoder call: (B, K, C, H, W)
+    px = model.decode(z, per_draw_of=0)  # one decoder call per component: (B, K, C, H, W)
     log_px = px.log_prob(model.crop(x_target).unsqueeze(1))  # (B, K)
     if q.components == 1 and isinstance(model.prior_net, StandardNormalPrior):
         kl_per_dim = diagonal_normal_kl_to_standard(q.loc[:, 0], q.scale[:, 0])  # (B, D)
@@ -49,7 +49,13 @@ def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = Non
     return Terms(recon - kl, recon, kl, latent_size=z.shape[-1])
 
 
-def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int = 4096, bar=None) -> torch.Tensor:
+def nll_chunk(device: torch.device) -> int:
+    """Decoded images per call when estimating log p(x): on the 2-core CPU we measured, 2048
+    ran 1.16x faster than 4096 (cache); a GPU wants large calls."""
+    return 16384 if device.type == "cuda" else 2048
+
+
+def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int | None = None, bar=None) -> torch.Tensor:
     """logsumexp_s[log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S per image: (B,) float64.
 
     The importance-sampled estimate of log p(x) that evaluation reports, and the IWAE bound
@@ -64,7 +70,7 @@ def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int = 4
     q = model.encode(x)  # (B, K, D)
     prior = model.prior()
     target = model.crop(x)
-    per_chunk = max(1, chunk // b)
+    per_chunk = max(1, (chunk or nll_chunk(x.device)) // b)
     total = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
     for start in range(0, samples, per_chunk):
         s = min(per_chunk, samples - start)
@@ -93,7 +99,7 @@ def iwae_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samp
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.component_rsample((samples,))  # (S, B, K, D)
-    px = model.decode(z)  # every sample of every component in one decoder call: (S, B, K, C, H, W)
+    px = model.decode(z, per_draw_of=1)  # one decoder call per sample and component: (S, B, K, C, H, W)
     log_px = px.log_prob(model.crop(x_target).unsqueeze(1))  # (S, B, K)
     log_qz = q.log_prob(z.transpose(1, 2)).transpose(1, 2)  # full mixture density at each z_ks: (S, B, K)
     log_pz = model.prior().log_prob(z)  # (S, B, K)
