@@ -46,7 +46,7 @@ from vaekit.objectives import training_loss
 from vaekit.runs import read_metrics
 from vaekit.speed import inference_model, set_threads, warm_up
 from vaekit.distributed import DistContext
-from vaekit.train import _check_every, _StepChecks, train
+from vaekit.train import _check_every, _StepChecks, non_finite_flags, train
 
 BATCH = 128
 LATENT = 32
@@ -198,8 +198,7 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
 
     def checks():
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-        bad = torch.stack([~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), ~torch.isfinite(norm)]).float()
-        step_checks.record(1, bad)
+        step_checks.record(1, non_finite_flags(terms, norm))
         return step_checks.settle([False, False], ctx, None) if every == 1 else None
 
     checks()

@@ -72,7 +72,8 @@ class VAE(nn.Module):
             groups = zs.reshape(-1, *zs.shape[-2:]).unbind(0)
             layout = (zs.shape[:-1], last)
         with network_autocast(z.device, self.autocast):
-            params = torch.cat([self.crop(self.decoder(g)) for g in groups])  # (N, C', H, W)
+            outs = [self.crop(self.decoder(g)) for g in groups]
+            params = outs[0] if len(outs) == 1 else torch.cat(outs)  # (N, C', H, W); one call needs no copy
         params, = to_full_precision(params)
         if layout is None:
             return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))

@@ -226,6 +226,11 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def non_finite_flags(terms: Terms, grad_norm: torch.Tensor) -> torch.Tensor:
+    """(3,) float on the device: 1 where the reconstruction, the KL or the gradient is not finite."""
+    return torch.stack([~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), ~torch.isfinite(grad_norm)]).float()
+
+
 def _step(net, model: VAE, optimizer, x: torch.Tensor, kl_w: float, t, ctx: DistContext, device: torch.device,
           run_dir: Path, step: int, checks: "_StepChecks") -> tuple[Terms, torch.Tensor]:
     """One optimizer step on batch x, with no host sync: a non-finite loss or gradient on any
@@ -235,8 +240,10 @@ def _step(net, model: VAE, optimizer, x: torch.Tensor, kl_w: float, t, ctx: Dist
     optimizer.zero_grad(set_to_none=True)
     anomaly = _backward(loss, t.detect_anomaly)  # only under --detect-anomaly, where every step is settled
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-    bad = torch.stack([~torch.isfinite(terms.recon).all(), ~torch.isfinite(terms.kl).all(), ~torch.isfinite(grad_norm) | (anomaly is not None)])
-    bad = ctx.all_reduce_max(bad.float())  # every rank skips the same steps
+    bad = non_finite_flags(terms, grad_norm)
+    if anomaly is not None:
+        bad[2] = 1.0
+    bad = ctx.all_reduce_max(bad)  # every rank skips the same steps
     optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
     optimizer.step()
     checks.record(step, bad, anomaly)
