@@ -40,10 +40,13 @@ from pathlib import Path
 import torch
 
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.batching import make_batch
 from vaekit.data import load_dataset
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model
+from vaekit.model import VAE
+from vaekit.objectives import training_loss
 from vaekit.runs import load_run
-from vaekit.train import resolve_device, train
+from vaekit.train import make_optimizer, resolve_device, train
 
 EVAL_SEED = 2024  # the importance samples and prior samples, the same for every combination
 
@@ -79,8 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="constant", help="constant (default) or cosine, annealed over --epochs")
-    p.add_argument("--epochs", type=int, help="stop after this many epochs if the budget lasts that long (with --lr-schedule "
-                   "cosine, choose what the budget fits: the schedule runs over these epochs)")
+    p.add_argument("--epochs", help="stop after this many epochs if the budget lasts that long; 'fit': as many as this "
+                   "combination's measured speed fits in the budget (with --lr-schedule cosine the schedule runs over them)")
     p.add_argument("--seed", type=int, default=69420)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (default: the usual places)")
@@ -95,7 +98,45 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"unknown combination(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     if args.minutes <= 0 or args.nll_samples < 1 or args.iw_samples < 2:
         p.error("--minutes must be positive, --nll-samples >= 1 and --iw-samples >= 2")
+    if args.epochs not in (None, "fit") and not (args.epochs.isdigit() and int(args.epochs) > 0):
+        p.error(f"--epochs must be a positive whole number or 'fit', got {args.epochs!r}")
     return args
+
+
+def fit_epochs(config: RunConfig, data, minutes: float, steps: int = 12, seconds: float = 20.0) -> tuple[int, float]:
+    """(epochs, images/s): the whole epochs this combination's training step fits in `minutes`.
+
+    Times `steps` optimizer steps of a throwaway model on this machine now (after two warm-up
+    steps; fewer, but at least 2, once `seconds` have passed), and keeps 8% of the budget for
+    the per-epoch validation, pictures and checkpoints, so that a cosine schedule over the
+    result reaches its end inside the budget.
+    """
+    t = config.train
+    device = resolve_device(t.device)
+    model = VAE(config.model).to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, t.lr)
+    images = data.train.images[: 4 * t.batch_size].to(device)
+
+    def step() -> None:
+        x = make_batch(images, torch.randint(0, len(images), (t.batch_size,), device=device), True, torch.channels_last)
+        loss = training_loss(model(x, iw_samples=t.iw_samples))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started, done = time.perf_counter(), 0
+    while done < steps and (done < 2 or time.perf_counter() - started < seconds):
+        step()
+        done += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    rate = done * t.batch_size / (time.perf_counter() - started)
+    train_images = len(data.train.images) if not config.data.train_subset else min(config.data.train_subset, len(data.train.images))
+    return max(1, int(0.92 * minutes * 60 * rate / train_images)), rate
 
 
 def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
@@ -103,7 +144,7 @@ def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
                         prior_components=args.pseudo_inputs, image_size=28)
     data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, binarize=True)
     # Without --epochs, epochs is only a ceiling: the time budget decides when each run stops.
-    train_cfg = TrainConfig(epochs=args.epochs or 100_000, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+    train_cfg = TrainConfig(epochs=int(args.epochs) if args.epochs and args.epochs != "fit" else 100_000, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                             seed=args.seed, device=args.device,
                             iw_samples=args.iw_samples if combo["objective"] == "iwae" else 1, max_minutes=args.minutes)
     return RunConfig(model, data, train_cfg).validate()
@@ -141,6 +182,11 @@ def run_combination(combo: dict, data, args: argparse.Namespace, results: Path) 
     if run_dir.exists():  # an interrupted earlier attempt: its budget is unknown, so start over
         shutil.rmtree(run_dir)
     config = run_config(combo, args)
+    fitted = None
+    if args.epochs == "fit":
+        config.train.epochs, rate = fit_epochs(config, data, args.minutes)
+        fitted = {"epochs": config.train.epochs, "calibration_images_per_s": rate}
+        print(f"{combo['name']}: {rate:.0f} images/s now, {config.train.epochs} epochs fit in {args.minutes:g} minutes", file=sys.stderr)
     started = time.perf_counter()
     train(config, out=run_dir, data=data, progress=False)
     train_minutes = (time.perf_counter() - started) / 60
@@ -161,7 +207,7 @@ def run_combination(combo: dict, data, args: argparse.Namespace, results: Path) 
         "epochs": run.state["step"] * args.batch_size / train_images, "full_epochs": len(history),
         "last_val_elbo": history[-1]["val_elbo"] if history else None, "steps": run.state.get("step"),
         "train_minutes": train_minutes, "eval_minutes": (time.perf_counter() - started) / 60,
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir), **({"fitted": fitted} if fitted else {}),
     }
 
 

@@ -1,4 +1,4 @@
-"""Throughput of vaekit against this machine's arithmetic ceiling, in one process.
+"""Throughput of vaekit against this machine's arithmetic ceiling, in one run.
 
     python benchmarks/throughput.py                 # full run (a few minutes on 2 cores)
     python benchmarks/throughput.py --quick         # smoke run (~1 minute)
@@ -15,6 +15,10 @@ Measures, with median and min/max over --repeats:
   data        make_batch against the whole step; finite checks + grad norm against the step
 FLOPs are counted once per row with torch.utils.flop_counter.FlopCounterMode; GFLOP/s is
 FLOPs x rate and "ceiling" is that over the matmul rate. Writes benchmarks/results/throughput.json.
+
+Each row runs in a fresh child process, one after another, and the ceiling is measured in the
+parent before and after them: measured all in one process, vaekit's K=5 epochs slowed from 152 to
+90 images/s after the rows before it, while the same call in a fresh process held 139-157.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -262,6 +267,48 @@ def nll(model, x: torch.Tensor, samples: int, repeats: int, device: torch.device
 
 # --------------------------------------------------------------------------- main
 
+ROWS = ("naive K=1", "vaekit K=1", "naive K=5", "vaekit K=5", "inference")
+
+
+def measure_row(row: str, args: argparse.Namespace) -> dict:
+    """One row of the table, measured in this (fresh) process."""
+    device = torch.device(args.device)
+    set_threads(args.threads)
+    big = device.type == "cuda"
+    steps = {1: 2, 5: 2} if args.quick else {1: 12, 5: 4}  # naive steps per repeat: about 2-4 s each
+    batches = {1: 3 if args.quick else 24, 5: 2 if args.quick else 8}  # an epoch of a few seconds: its first step does not dominate
+    if big:
+        batches = {1: 50, 5: 20}
+        steps = {1: 20, 5: 20}
+    data = load_dataset("fashion-mnist")
+    # Small validation and test sets: the per-epoch validation and pictures stay cheap (and untimed).
+    data = replace(data, val=ImageSet(data.val.images[:256]), test=ImageSet(data.test.images[:2048]))
+    if row == "inference":
+        samples = 20 if args.quick else 100
+        model = trained_model(data, device)
+        x_eval = binarize_fixed(data.test.images[:1024 if not big else 2048].to(device), 0)
+        out = {"inference": inference(model, x_eval, args.repeats, device, args.compile),
+               "nll": {**nll(model, x_eval[:256], samples, args.repeats, device), "samples": samples}}
+    else:
+        kind, k = row.split(" K=")
+        k = int(k)
+        if kind == "naive":
+            out = naive_training(data.train.images.to(device), k, steps[k], args.repeats, device)
+        else:
+            out = vaekit_training(data, k, batches[k], args.repeats, device)
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run_row_in_child(row: str, args: argparse.Namespace) -> dict:
+    """Each row in its own process: earlier rows' allocator and thread-pool state cannot slow it."""
+    cmd = [sys.executable, __file__, "--row", row, "--repeats", str(args.repeats), "--device", args.device]
+    cmd += ["--quick"] * args.quick + ["--compile"] * args.compile + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
@@ -269,43 +316,35 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile for inference (pays the compile time)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: measure one row, print its JSON
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = p.parse_args(argv)
+    if args.row:
+        print(json.dumps(measure_row(args.row, args)))
+        return 0
     device = torch.device(args.device)
     threads = set_threads(args.threads)
-    big = device.type == "cuda"
-    steps = {1: 2, 5: 2} if args.quick else {1: 12, 5: 4}  # naive steps per repeat: about 2-4 s each
-    batches = {1: 3 if args.quick else 24, 5: 2 if args.quick else 8}  # an epoch of a few seconds: its first step does not dominate
-    if big:
-        batches = {1: 50, 5: 20}
-        steps = {1: 20, 5: 20}
-    samples = 20 if args.quick else 100
     started = time.perf_counter()
-
-    data = load_dataset("fashion-mnist")
-    # Small validation and test sets: the per-epoch validation and pictures stay cheap (and untimed).
-    data = replace(data, val=ImageSet(data.val.images[:256]), test=ImageSet(data.test.images[:2048]))
-    images = data.train.images.to(device)
-
     results: dict = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__, "vaekit": vaekit.__version__,
                                  "platform": platform.platform(), "processor": platform.processor(), "threads": threads,
-                                 "device": str(device), "quick": args.quick, "repeats": args.repeats}}
-    ceiling = matmul_ceiling(device, args.repeats)
-    results["ceiling_gflops"] = ceiling
+                                 "device": str(device), "quick": args.quick, "repeats": args.repeats,
+                                 "rows": "each in its own child process, one after another"}}
+    results["ceiling_gflops"] = matmul_ceiling(device, args.repeats)
     results["training"] = {}
-    for k in (1, 5):
-        print(f"training K={k} ...", file=sys.stderr)
-        results["training"][f"naive K={k}"] = naive_training(images, k, steps[k], args.repeats, device)
-        results["training"][f"vaekit K={k}"] = vaekit_training(data, k, batches[k], args.repeats, device)
-    print("inference ...", file=sys.stderr)
-    model = trained_model(data, device)
-    x_eval = binarize_fixed(data.test.images[:1024 if not big else 2048].to(device), 0)
-    results["inference"] = inference(model, x_eval, args.repeats, device, args.compile)
-    results["nll"] = nll(model, x_eval[:256], samples, args.repeats, device)
-    results["nll"]["samples"] = samples
-    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_cuda = []
+    for row in ROWS:
+        print(f"{row} ...", file=sys.stderr)
+        measured = run_row_in_child(row, args)
+        peak_cuda.append(measured.pop("peak_cuda_mib", 0.0))
+        if row == "inference":
+            results.update(measured)
+        else:
+            results["training"][row] = measured
+    # The ceiling again after the rows: a machine that slowed down meanwhile shows here.
+    results["ceiling_after_gflops"] = matmul_ceiling(device, args.repeats)
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child
     if device.type == "cuda":
-        results["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        results["peak_cuda_mib"] = max(peak_cuda)
     results["wall_s"] = time.perf_counter() - started
 
     print_table(results)
@@ -329,6 +368,9 @@ def print_table(r: dict) -> None:
 
     c = r["ceiling_gflops"]
     print(f"{'fp32 matmul 2048 (ceiling)':38s} {c['median']:.1f} [{c['min']:.1f}-{c['max']:.1f}]{'':>4s} {'GFLOP/s':>10s}")
+    if "ceiling_after_gflops" in r:
+        a = r["ceiling_after_gflops"]
+        print(f"{'  the same after the rows':38s} {a['median']:.1f} [{a['min']:.1f}-{a['max']:.1f}]{'':>4s} {'GFLOP/s':>10s}")
     for name, t in r["training"].items():
         row(f"train {name}", t["images_per_s"], "img/s", t["flop_per_image"])
     for k in (1, 5):
