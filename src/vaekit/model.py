@@ -53,32 +53,19 @@ class VAE(nn.Module):
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
         return MixtureOfGaussians.from_logvar(loc, logvar, logits)
 
-    def decode(self, z: torch.Tensor, per_draw_of: int | None = None):
+    def decode(self, z: torch.Tensor):
         """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped).
 
-        With `per_draw_of` (the index of the data-batch dimension of z), the decoder runs once
-        per draw: per component and sample, on the B latents of that draw, one per image.
-        Training needs this: the decoder's BatchNorm then normalises over the same kind of
-        batch whatever K and S are (B latents, one per image, as with K=1), and on the CPU
-        we measured, five calls on 128 latents ran 1.2x faster than one call on 640 (the
-        activations stay in cache). In eval mode both give the same numbers.
+        All draws go through the decoder as one batch, so in training its BatchNorm normalises
+        over every component and sample together. Decoding each draw on its own (tried: 1.2x
+        faster for K=5 on a 2-core CPU) gives each component its own statistics, which the one
+        set of running statistics of eval mode cannot reproduce: a K=5 model trained that way
+        scored -249 nats in training mode and -331 in eval mode.
         """
-        if per_draw_of is None or z.dim() <= 2:
-            groups = [z.reshape(-1, z.shape[-1])]
-            layout = None
-        else:
-            last = z.dim() - 2  # the batch dimension goes last among the batch dimensions
-            zs = z.movedim(per_draw_of, last)
-            groups = zs.reshape(-1, *zs.shape[-2:]).unbind(0)
-            layout = (zs.shape[:-1], last)
         with network_autocast(z.device, self.autocast):
-            outs = [self.crop(self.decoder(g)) for g in groups]
-            params = outs[0] if len(outs) == 1 else torch.cat(outs)  # (N, C', H, W); one call needs no copy
+            params = self.crop(self.decoder(z.reshape(-1, z.shape[-1])))  # (N, C', H, W)
         params, = to_full_precision(params)
-        if layout is None:
-            return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
-        shape, last = layout
-        return self.likelihood(params.reshape(*shape, *params.shape[1:]).movedim(last, per_draw_of))
+        return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
 
     def prior(self):
         """p(z): a distribution with log_prob and sample."""

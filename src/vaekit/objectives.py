@@ -35,7 +35,7 @@ def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = Non
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.component_rsample()  # (B, K, D)
-    px = model.decode(z, per_draw_of=0)  # one decoder call per component: (B, K, C, H, W)
+    px = model.decode(z)  # (B, K, C, H, W)
     log_px = px.log_prob(model.crop(x_target).unsqueeze(1))  # (B, K)
     if q.components == 1 and isinstance(model.prior_net, StandardNormalPrior):
         kl_per_dim = diagonal_normal_kl_to_standard(q.loc[:, 0], q.scale[:, 0])  # (B, D)
@@ -99,7 +99,7 @@ def iwae_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samp
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.component_rsample((samples,))  # (S, B, K, D)
-    px = model.decode(z, per_draw_of=1)  # one decoder call per sample and component: (S, B, K, C, H, W)
+    px = model.decode(z)  # (S, B, K, C, H, W)
     log_px = px.log_prob(model.crop(x_target).unsqueeze(1))  # (S, B, K)
     log_qz = q.log_prob(z.transpose(1, 2)).transpose(1, 2)  # full mixture density at each z_ks: (S, B, K)
     log_pz = model.prior().log_prob(z)  # (S, B, K)
