@@ -114,12 +114,13 @@ def fit_epochs(config: RunConfig, data, minutes: float, steps: int = 12, seconds
     """
     t = config.train
     device = resolve_device(t.device)
-    model = VAE(config.model).to(device).to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format  # as train() lays it out
+    model = VAE(config.model).to(device).to(memory_format=memory_format)
     optimizer = make_optimizer(model, t.lr)
     images = data.train.images[: 4 * t.batch_size].to(device)
 
     def step() -> None:
-        x = make_batch(images, torch.randint(0, len(images), (t.batch_size,), device=device), True, torch.channels_last)
+        x = make_batch(images, torch.randint(0, len(images), (t.batch_size,), device=device), True, memory_format)
         loss = training_loss(model(x, iw_samples=t.iw_samples))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,8 +137,12 @@ def fit_epochs(config: RunConfig, data, minutes: float, steps: int = 12, seconds
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     rate = done * t.batch_size / (time.perf_counter() - started)
-    train_images = len(data.train.images) if not config.data.train_subset else min(config.data.train_subset, len(data.train.images))
-    return max(1, int(0.92 * minutes * 60 * rate / train_images)), rate
+    return max(1, int(0.92 * minutes * 60 * rate / train_size(data, config.data.train_subset))), rate
+
+
+def train_size(data, subset: int | None) -> int:
+    """Training images a run sees per epoch."""
+    return min(subset, len(data.train.images)) if subset else len(data.train.images)
 
 
 def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
@@ -199,7 +204,7 @@ def run_combination(combo: dict, data, args: argparse.Namespace, results: Path) 
     numbers = evaluate(run.model, test, args)
     fd, fd_note = frechet(run.model, data, args)
     history = run.state.get("history", [])
-    train_images = len(data.train.images) if not args.train_subset else min(args.train_subset, len(data.train.images))
+    train_images = train_size(data, args.train_subset)
     return {
         **combo,
         "iw_samples": config.train.iw_samples,
