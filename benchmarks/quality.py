@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iw-samples", type=int, default=5, help="S of the IWAE objective, per component when K=5 (default 5)")
     p.add_argument("--pseudo-inputs", type=int, default=100, help="M of the VampPrior (default 100; the paper used 500)")
     p.add_argument("--latent-size", type=int, default=32)
+    p.add_argument("--width", type=int, default=256, help="channels of the widest conv block (default 256, the notebook's)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="constant", help="constant (default) or cosine, annealed over --epochs")
@@ -146,7 +147,7 @@ def train_size(data, subset: int | None) -> int:
 
 
 def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
-    model = ModelConfig(latent_size=args.latent_size, components=combo["components"], prior=combo["prior"],
+    model = ModelConfig(latent_size=args.latent_size, width=args.width, components=combo["components"], prior=combo["prior"],
                         prior_components=args.pseudo_inputs, image_size=28)
     data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, binarize=True)
     # Without --epochs, epochs is only a ceiling: the time budget decides when each run stops.

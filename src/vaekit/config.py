@@ -28,6 +28,7 @@ class ModelConfig:
     """What the network and its distributions look like; enough to rebuild the model."""
 
     latent_size: int = 32
+    width: int = 256  # channels of the widest conv block; each block before it has half (256: the notebook's)
     components: int = 1  # K mixture components in q(z|x); K=1 is the ordinary VAE
     channels: int = 1
     image_size: int = 28  # the data's size; 28 is zero-padded to 32 inside the data tensors
@@ -45,6 +46,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _positive(self, "latent_size", "--latent-size")
+        _positive(self, "width", "--width")
         _positive(self, "components", "--components")
         _positive(self, "prior_components", "--prior-components")
         _positive(self, "logistic_mixtures", "--logistic-mixtures")
@@ -54,6 +56,10 @@ class ModelConfig:
             raise VaekitError(
                 f"image size {self.image_size} is not supported; use one of {', '.join(map(str, IMAGE_SIZES))}"
             )
+        blocks = self.padded_size.bit_length() - 2  # stride-2 blocks from the image down to 2x2
+        if self.width % 2 ** (blocks - 1):
+            raise VaekitError(f"--width must be a multiple of {2 ** (blocks - 1)} for {self.image_size}-pixel images "
+                              f"(each of the {blocks} blocks halves it), got {self.width}")
         _choice(self.prior, PRIORS, "--prior")
         _choice(self.likelihood, LIKELIHOODS, "--likelihood")
         _choice(self.gaussian_variance, ("pixel", "global"), "--gaussian-variance")

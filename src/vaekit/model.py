@@ -26,7 +26,7 @@ class VAE(nn.Module):
         self.autocast = False
         size = config.padded_size
         self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
-        self.encoder = ConvEncoder(config.channels, size, config.latent_size, config.components)
+        self.encoder = ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
         self.likelihood = make_likelihood(
             config.likelihood,
             config.channels,
@@ -34,7 +34,7 @@ class VAE(nn.Module):
             mixtures=config.logistic_mixtures,
             variance=config.gaussian_variance,
         )
-        self.decoder = ConvDecoder(self.likelihood.param_channels, size, config.latent_size)
+        self.decoder = ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
         self.prior_net = make_prior(
             config.prior,
             config.latent_size,

@@ -2,7 +2,8 @@
 
 Each stride-2 block halves the image; the encoder stops at 2x2 and a 2x2 convolution makes
 the heads, so a 32-pixel input has the notebook's four blocks (32-64-128-256) and a
-64-pixel input gets one more block in front instead of a new class.
+64-pixel input gets one more block in front instead of a new class. `width` scales every block
+(the widest has `width` channels; 256 is the notebook's).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def block_widths(size: int) -> list[int]:
-    """Channel widths of the stride-2 blocks, narrowest first, ending at 256."""
+def block_widths(size: int, width: int = 256) -> list[int]:
+    """Channel widths of the stride-2 blocks, narrowest first, each twice the one before, ending at `width`."""
     blocks = int(math.log2(size)) - 1  # halve down to 2x2
     if 2 ** (blocks + 1) != size or blocks < 2:
         raise ValueError(f"network size must be a power of two >= 8, got {size}")
-    return [256 >> (blocks - 1 - i) for i in range(blocks)]
+    if width % 2 ** (blocks - 1) or width <= 0:
+        raise ValueError(f"width must be a positive multiple of {2 ** (blocks - 1)} for {size}-pixel networks, got {width}")
+    return [width >> (blocks - 1 - i) for i in range(blocks)]
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
@@ -74,9 +77,9 @@ def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Seq
 class ConvEncoder(nn.Module):
     """x (B, C, S, S) -> means and log-variances (B, K, D), mixture logits (B, K)."""
 
-    def __init__(self, channels: int, size: int, latent_size: int, components: int) -> None:
+    def __init__(self, channels: int, size: int, latent_size: int, components: int, width: int = 256) -> None:
         super().__init__()
-        widths = block_widths(size)
+        widths = block_widths(size, width)
         self.latent_size, self.components = latent_size, components
         self.body = nn.Sequential(*[_down(c_in, c_out) for c_in, c_out in zip([channels] + widths, widths)])
         # Three 2x2 heads as in the notebook; the weight head is sized by K alone (the
@@ -86,7 +89,7 @@ class ConvEncoder(nn.Module):
         self.logits_head = nn.Conv2d(widths[-1], components, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.body(x)  # (B, 256, 2, 2)
+        h = self.body(x)  # (B, width, 2, 2)
         # A 2x2 kernel on a 2x2 input is a matrix product: the three heads run as one GEMM
         # (same parameters; oneDNN's backward for this shape was several times slower).
         heads = (self.loc_head, self.logvar_head, self.logits_head)
@@ -104,9 +107,9 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z (N, D) -> per-pixel distribution parameters (N, out_channels, S, S)."""
 
-    def __init__(self, out_channels: int, size: int, latent_size: int) -> None:
+    def __init__(self, out_channels: int, size: int, latent_size: int, width: int = 256) -> None:
         super().__init__()
-        widths = block_widths(size)[::-1]  # 256 first
+        widths = block_widths(size, width)[::-1]  # the widest first
         layers = [_up(latent_size, widths[0], 4, 1, 0)]  # 1x1 -> 4x4
         layers += [_up(c_in, c_out, 4, 2, 1) for c_in, c_out in zip(widths[:-1], widths[1:])]
         self.body = nn.Sequential(*layers)
