@@ -69,3 +69,11 @@ def test_no_traceback_from_the_console_entry(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vaekit", "sample", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not a vaekit run directory" in proc.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [(["train", "--width", "100"], "--width must be a multiple of 8"),
+                                          (["train", "--width", "0"], "--width must be a positive integer")])
+def test_bad_width_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -109,3 +109,24 @@ def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
     straight = load_run(straight_dir, "latest")
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_width_scales_every_block_and_survives_a_reload(splits, tmp_path):
+    config = _config_from_args(build_parser().parse_args(["train", "--width", "64", "--latent-size", "4", "--dataset", "blobs"]))
+    config.data.train_subset, config.train.batch_size, config.train.epochs = 8, 8, 1
+    out = train(config, out=tmp_path / "run", data=splits, progress=False)
+    model = load_run(out).model
+    encoder_widths = [block[0].out_channels for block in model.encoder.body]
+    decoder_widths = [block[0].out_channels for block in model.decoder.body]
+    assert encoder_widths == [8, 16, 32, 64] and decoder_widths == [64, 32, 16, 8]  # the notebook's 32-64-128-256, quartered
+    assert model.encoder.loc_head.in_channels == 64 and model.decoder.head.in_channels == 8
+    assert model.sample(2).shape == (2, 1, 28, 28)
+
+
+def test_a_run_saved_before_width_existed_loads_with_the_notebooks_widths(splits, tmp_path):
+    out = train(tiny_config(data__train_subset=8, train__batch_size=8), out=tmp_path / "run", data=splits, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["model"]["width"]
+    (out / "config.json").write_text(json.dumps(saved))
+    model = load_run(out).model
+    assert [block[0].out_channels for block in model.encoder.body] == [32, 64, 128, 256]
