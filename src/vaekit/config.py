@@ -23,6 +23,19 @@ IMAGE_SIZES = (28, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def block_widths(size: int, width: int = 256) -> list[int]:
+    """Channel widths of the network's stride-2 blocks for a `size`-pixel input, narrowest first,
+    each twice the one before, ending at `width` (256: the notebook's 32-64-128-256 at 32 pixels).
+    Here rather than in networks.py so that validating a config needs no torch."""
+    blocks = int(math.log2(size)) - 1  # halve down to 2x2
+    if 2 ** (blocks + 1) != size or blocks < 2:
+        raise ValueError(f"network size must be a power of two >= 8, got {size}")
+    if width <= 0 or width % 2 ** (blocks - 1):
+        raise ValueError(f"width must be a multiple of {2 ** (blocks - 1)} for {size}-pixel networks "
+                         f"(each of the {blocks} blocks halves it), got {width}")
+    return [width >> (blocks - 1 - i) for i in range(blocks)]
+
+
 @dataclass
 class ModelConfig:
     """What the network and its distributions look like; enough to rebuild the model."""
@@ -56,10 +69,10 @@ class ModelConfig:
             raise VaekitError(
                 f"image size {self.image_size} is not supported; use one of {', '.join(map(str, IMAGE_SIZES))}"
             )
-        blocks = self.padded_size.bit_length() - 2  # stride-2 blocks from the image down to 2x2
-        if self.width % 2 ** (blocks - 1):
-            raise VaekitError(f"--width must be a multiple of {2 ** (blocks - 1)} for {self.image_size}-pixel images "
-                              f"(each of the {blocks} blocks halves it), got {self.width}")
+        try:
+            block_widths(self.padded_size, self.width)
+        except ValueError as exc:
+            raise VaekitError(f"--{exc}") from None
         _choice(self.prior, PRIORS, "--prior")
         _choice(self.likelihood, LIKELIHOODS, "--likelihood")
         _choice(self.gaussian_variance, ("pixel", "global"), "--gaussian-variance")

@@ -8,21 +8,11 @@ the heads, so a 32-pixel input has the notebook's four blocks (32-64-128-256) an
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def block_widths(size: int, width: int = 256) -> list[int]:
-    """Channel widths of the stride-2 blocks, narrowest first, each twice the one before, ending at `width`."""
-    blocks = int(math.log2(size)) - 1  # halve down to 2x2
-    if 2 ** (blocks + 1) != size or blocks < 2:
-        raise ValueError(f"network size must be a power of two >= 8, got {size}")
-    if width % 2 ** (blocks - 1) or width <= 0:
-        raise ValueError(f"width must be a positive multiple of {2 ** (blocks - 1)} for {size}-pixel networks, got {width}")
-    return [width >> (blocks - 1 - i) for i in range(blocks)]
+from .config import block_widths
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
