@@ -226,14 +226,25 @@ def machine() -> dict:
     return info
 
 
+def schedule_done(row: dict) -> float | None:
+    """How much of a fitted schedule the run got through before its budget ended (1.0: all of it).
+
+    The fit is a prediction from a few timed steps; on a shared machine whose speed drifts the
+    budget can end a cosine early, leaving the learning rate above zero, which this makes visible.
+    """
+    fitted = row.get("fitted", {}).get("epochs")
+    return min(1.0, row["epochs"] / fitted) if fitted else None
+
+
 def table(rows: list[dict]) -> str:
-    head = f"{'combination':<18} {'NLL':>14} {'ELBO':>9} {'FD':>8} {'AU':>6} {'epochs':>6} {'train min':>9}"
+    head = f"{'combination':<18} {'NLL':>14} {'ELBO':>9} {'FD':>8} {'AU':>6} {'epochs':>6} {'fit done':>8} {'train min':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         fd = "" if r.get("frechet_distance") is None else f"{r['frechet_distance']:.2f}"
         nll = f"{r['nll']:.2f}±{r['nll_stderr']:.2f}"
+        done = schedule_done(r)
         lines.append(f"{r['name']:<18} {nll:>14} {r['elbo']:>9.2f} {fd:>8} {r['active_units']:>3}/{r['latent_size']:<2} "
-                     f"{r['epochs']:>6.2f} {r['train_minutes']:>9.1f}")
+                     f"{r['epochs']:>6.2f} {'' if done is None else f'{done:.0%}':>8} {r['train_minutes']:>9.1f}")
     return "\n".join(lines)
 
 
