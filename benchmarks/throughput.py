@@ -53,7 +53,7 @@ from vaekit.objectives import training_loss
 from vaekit.runs import read_metrics
 from vaekit.speed import inference_model, set_threads, warm_up
 from vaekit.distributed import DistContext
-from vaekit.train import _check_every, _StepChecks, non_finite_flags, train
+from vaekit.train import check_every, StepChecks, non_finite_flags, train
 
 BATCH = 128
 LATENT = 32
@@ -199,8 +199,8 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     # the device, and the settling (the host sync; every step on a CPU, every CUDA_CHECK_EVERY on a GPU).
     model.zero_grad()
     step()
-    ctx, every = DistContext(), _check_every(device, False)
-    step_checks = _StepChecks(every, device)
+    ctx, every = DistContext(), check_every(device, False)
+    step_checks = StepChecks(every, device)
     terms = model(make_batch(images, index, True, memory_format))
 
     def checks():

@@ -262,7 +262,7 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
     # CUDA_CHECK_EVERY steps, here once at the epoch's end, and bad steps were skipped on the device.
     import vaekit.train as train_module
 
-    monkeypatch.setattr(train_module, "_check_every", lambda device, detect_anomaly: 1000)
+    monkeypatch.setattr(train_module, "check_every", lambda device, detect_anomaly: 1000)
     made = _spy_optimizer(monkeypatch)
     _poison(monkeypatch, 2, how)
     out = tmp_path / "run"

@@ -156,7 +156,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
         print(f"vaekit: training a {t.objective_name}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
 
     stop = _SignalFlag()
-    checks = _StepChecks(_check_every(device, t.detect_anomaly), device)
+    checks = StepChecks(check_every(device, t.detect_anomaly), device)
     budget_start = time.perf_counter()  # TrainConfig.max_minutes counts from here (this process's start or resume)
     out_of_time = lambda: t.max_minutes is not None and time.perf_counter() - budget_start > 60 * t.max_minutes  # noqa: E731
     with stop, (torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext()):
@@ -216,7 +216,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
 CUDA_CHECK_EVERY = 25  # steps between host syncs on a GPU; on a CPU a sync is free and every step is checked
 
 
-def _check_every(device: torch.device, detect_anomaly: bool) -> int:
+def check_every(device: torch.device, detect_anomaly: bool) -> int:
+    """Steps between the host syncs that settle StepChecks (anomaly detection needs every step)."""
     return 1 if device.type != "cuda" or detect_anomaly else CUDA_CHECK_EVERY
 
 
@@ -232,7 +233,7 @@ def non_finite_flags(terms: Terms, grad_norm: torch.Tensor) -> torch.Tensor:
 
 
 def _step(net, model: VAE, optimizer, x: torch.Tensor, kl_w: float, t, ctx: DistContext, device: torch.device,
-          run_dir: Path, step: int, checks: "_StepChecks") -> tuple[Terms, torch.Tensor]:
+          run_dir: Path, step: int, checks: "StepChecks") -> tuple[Terms, torch.Tensor]:
     """One optimizer step on batch x, with no host sync: a non-finite loss or gradient on any
     rank makes every rank skip the update on the device, and `checks` reports it later."""
     terms = net(x, iw_samples=t.iw_samples)
@@ -302,7 +303,7 @@ def _backward(loss: torch.Tensor, detect_anomaly: bool) -> str | None:
     return None
 
 
-class _StepChecks:
+class StepChecks:
     """Non-finite terms, signals and the time budget, brought to the host every `every` steps.
 
     `record` keeps each step's non-finite flags on the device (the first bad step and which
