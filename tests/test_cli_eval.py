@@ -60,6 +60,13 @@ def test_evaluate_refuses_bad_arguments(run, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_evaluate_reads_the_checkpoint_named_on_the_command_line(run, capsys):
+    assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet", "--checkpoint", "latest"]) == 0
+    settings = json.loads((run / "evaluation.json").read_text())["settings"]
+    latest = json.loads((run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
+    assert settings["checkpoint"] == "latest" and settings["checkpoint_step"] == latest["step"]
+
+
 def test_interpolate_and_report(run, capsys):
     assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet"]) == 0
     (run / "interpolations.png").unlink(missing_ok=True)

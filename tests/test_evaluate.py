@@ -3,12 +3,16 @@ brute-force quadrature of log p(x); and the evaluation record of a run."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_splits, tiny_config
+from vaekit.checkpoint import resolve_pointer
 from vaekit.config import ModelConfig
+from vaekit.errors import VaekitError
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms
@@ -128,6 +132,32 @@ def test_evaluate_run_writes_a_reproducible_record(tiny_run, tmp_path):
     assert settings["binarize_seed"] == EVAL_BINARIZE_SEED and settings["vaekit_version"]
     assert "binarised once" in saved["number_kind"]
     assert (run / "latent_scatter.png").is_file() and (run / "component_usage.png").is_file()
+
+
+def test_evaluate_run_reads_the_checkpoint_asked_for(tiny_run, tmp_path):
+    # A run whose budget ended mid-epoch: "latest" holds later weights than "best". Here the later
+    # checkpoint is the best one with halved weights, so the two must give different numbers.
+    run, data = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    root = copy / "checkpoints"
+    best = resolve_pointer(root, "best")
+    later = root / "step-000999999"
+    shutil.copytree(best, later)
+    state = json.loads((later / "state.json").read_text())
+    best_step, state["step"] = state["step"], 999_999
+    (later / "state.json").write_text(json.dumps(state))
+    weights = load_file(str(later / "model.safetensors"))
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in weights.items()}, str(later / "model.safetensors"))
+    (root / "latest").write_text(later.name)
+    settings = dict(samples=8, test_subset=10, batch_size=5, data=data, quality=False, progress=False)
+    as_best = evaluate_run(copy, **settings)
+    as_latest = evaluate_run(copy, checkpoint="latest", **settings)
+    assert (as_best["settings"]["checkpoint"], as_best["settings"]["checkpoint_step"]) == ("best", best_step)
+    assert (as_latest["settings"]["checkpoint"], as_latest["settings"]["checkpoint_step"]) == ("latest", 999_999)
+    assert as_latest["test"]["nll"]["mean"] != pytest.approx(as_best["test"]["nll"]["mean"], abs=1e-3)
+    with pytest.raises(VaekitError, match="--checkpoint must be 'best' or 'latest'"):
+        evaluate_run(copy, checkpoint="final", **settings)
 
 
 def test_grey_bernoulli_numbers_are_not_called_a_likelihood():

@@ -137,7 +137,8 @@ def cmd_evaluate(args) -> int:
     spec = ClassifierSpec(epochs=args.classifier_epochs) if args.classifier_epochs else None
     result = evaluate_run(args.run, samples=args.nll_samples, test_subset=args.test_subset, batch_size=args.batch_size,
                           json_path=args.json, quality=not args.no_quality, quality_samples=args.quality_samples,
-                          classifier_spec=spec, seed=args.seed, progress=not args.quiet, fast=not args.plain, compile=args.compile)
+                          classifier_spec=spec, seed=args.seed, progress=not args.quiet, fast=not args.plain, compile=args.compile,
+                          checkpoint=args.checkpoint)
     print(json.dumps(_evaluation_summary(result), indent=2))
     return 0
 
@@ -187,6 +188,8 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("--no-quality", action="store_true", help="skip the classifier-based sample-quality numbers")
     p.add_argument("--classifier-epochs", type=int, help="epochs of the feature classifier when it is trained (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance and prior samples")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="the best validation epoch (default) or the last weights saved, e.g. where a time budget ended the run mid-epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plain", action="store_true", help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks first (pays a compile time once; wins on GPU)")

@@ -203,8 +203,12 @@ def evaluate_run(
     progress: bool = True,
     fast: bool = True,
     compile: bool = False,
+    checkpoint: str = "best",
 ) -> dict:
     """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict.
+
+    `checkpoint` is "best" (the best validation epoch; the latest where none was kept) or "latest"
+    (the last weights saved, e.g. where a time budget ended the run mid-epoch, as quality.py reads them).
 
     `data` (a DatasetSplits) skips loading the run's dataset by name, e.g. for generated data.
     `fast` (the default) evaluates the BatchNorm-folded channels_last copy: the same numbers to
@@ -225,7 +229,9 @@ def evaluate_run(
         raise VaekitError(f"--test-subset must be at least 2 images, got {test_subset}")
     if batch_size < 1:
         raise VaekitError(f"--batch-size must be positive, got {batch_size}")
-    run = load_run(run_dir)
+    if checkpoint not in ("best", "latest"):
+        raise VaekitError(f"--checkpoint must be 'best' or 'latest', got {checkpoint!r}")
+    run = load_run(run_dir, checkpoint)
     data = data or _load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
@@ -243,6 +249,7 @@ def evaluate_run(
             "dataset": data.name,
             "dataset_checksum": data.checksum,
             "likelihood": run.config.model.likelihood,
+            "checkpoint": checkpoint,
             "checkpoint_step": run.state.get("step"),
             "checkpoint_epoch": run.state.get("epoch"),
             "vaekit_version": __version__,
