@@ -219,7 +219,7 @@ def evaluate_run(
     from pathlib import Path
 
     from . import __version__
-    from .checkpoint import atomic_write_text
+    from .checkpoint import atomic_write_text, has_checkpoint
     from .errors import VaekitError
     from .runs import load_run
 
@@ -249,7 +249,8 @@ def evaluate_run(
             "dataset": data.name,
             "dataset_checksum": data.checksum,
             "likelihood": run.config.model.likelihood,
-            "checkpoint": checkpoint,
+            # load_run falls back to the latest weights when no best epoch was kept: say which were read.
+            "checkpoint": checkpoint if checkpoint == "latest" or has_checkpoint(run.path, "best") else "latest (no best kept)",
             "checkpoint_step": run.state.get("step"),
             "checkpoint_epoch": run.state.get("epoch"),
             "vaekit_version": __version__,
