@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import blob_images, make_tiny_splits, tiny_config
+from vaekit.checkpoint import load_checkpoint
 from vaekit.cli import main
 
 
@@ -63,8 +64,7 @@ def test_evaluate_refuses_bad_arguments(run, capsys):
 def test_evaluate_reads_the_checkpoint_named_on_the_command_line(run, capsys):
     assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet", "--checkpoint", "latest"]) == 0
     settings = json.loads((run / "evaluation.json").read_text())["settings"]
-    latest = json.loads((run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
-    assert settings["checkpoint"] == "latest" and settings["checkpoint_step"] == latest["step"]
+    assert settings["checkpoint"] == "latest" and settings["checkpoint_step"] == load_checkpoint(run, "latest").state["step"]
 
 
 def test_interpolate_and_report(run, capsys):

@@ -219,7 +219,7 @@ def evaluate_run(
     from pathlib import Path
 
     from . import __version__
-    from .checkpoint import atomic_write_text, has_checkpoint
+    from .checkpoint import atomic_write_text
     from .errors import VaekitError
     from .runs import load_run
 
@@ -249,8 +249,7 @@ def evaluate_run(
             "dataset": data.name,
             "dataset_checksum": data.checksum,
             "likelihood": run.config.model.likelihood,
-            # load_run falls back to the latest weights when no best epoch was kept: say which were read.
-            "checkpoint": checkpoint if checkpoint == "latest" or has_checkpoint(run.path, "best") else "latest (no best kept)",
+            "checkpoint": run.checkpoint,
             "checkpoint_step": run.state.get("step"),
             "checkpoint_epoch": run.state.get("epoch"),
             "vaekit_version": __version__,

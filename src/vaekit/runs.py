@@ -35,6 +35,7 @@ class LoadedRun:
     config: RunConfig
     model: VAE
     state: dict[str, Any]
+    checkpoint: str  # the pointer the weights came from: "best", or "latest" (asked for, or no best was kept)
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -58,7 +59,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     model = VAE(config.model)
     check_state_dict(model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
     model.load_state_dict(ckpt.model)
-    return LoadedRun(run_dir, config, model.to(device).eval(), ckpt.state)
+    return LoadedRun(run_dir, config, model.to(device).eval(), ckpt.state, which)
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
