@@ -51,7 +51,7 @@ class VAE(nn.Module):
             loc, logvar, logits = self.encoder(x)
         loc, logvar, logits = to_full_precision(loc, logvar, logits)
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-        return MixtureOfGaussians.from_logvar(loc, logvar, logits)
+        return MixtureOfGaussians.from_logvar(loc, logvar, logits, validate_args=False)  # a NaN is the training loop's to report
 
     def decode(self, z: torch.Tensor):
         """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped).

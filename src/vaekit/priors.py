@@ -65,7 +65,7 @@ class MixtureOfGaussiansPrior(nn.Module):
         self.logits = nn.Parameter(torch.zeros(components))  # (M,)
 
     def forward(self, encode: Callable | None = None) -> MixtureOfGaussians:
-        return MixtureOfGaussians(self.loc, self.log_scale.exp(), self.logits)
+        return MixtureOfGaussians(self.loc, self.log_scale.exp(), self.logits, validate_args=False)
 
 
 @contextmanager
@@ -125,7 +125,7 @@ class VampPrior(nn.Module):
         # Weight of component (m, k) is w_k(u_m) / M; the 1/M is a constant shift of every
         # logit, which the softmax inside MixtureOfGaussians absorbs.
         log_w = torch.log_softmax(q.logits, -1) - math.log(m)  # (M, K)
-        return MixtureOfGaussians(q.loc.reshape(m * k, d), q.scale.reshape(m * k, d), log_w.reshape(m * k))
+        return MixtureOfGaussians(q.loc.reshape(m * k, d), q.scale.reshape(m * k, d), log_w.reshape(m * k), validate_args=False)
 
 
 def make_prior(kind: str, latent_size: int, components: int, *, prior_components: int = 10,
