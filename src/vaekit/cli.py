@@ -39,6 +39,10 @@ def _add_train(sub) -> None:
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
     p.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension")
     p.add_argument("--iw-samples", type=int, default=1, help="train on the importance-weighted bound with S samples")
+    p.add_argument("--mixture-estimator", default="marginal", choices=("marginal", "stratified", "pathwise"),
+                   help="for --components > 1: marginal decodes every component (K decoder passes; default), stratified trains "
+                        "SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from the whole "
+                        "mixture with gradients to the weights (one pass per sample)")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--grey", action="store_true", help="train on grey levels instead of dynamically binarised pixels")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
@@ -64,7 +68,7 @@ def _config_from_args(args) -> "RunConfig":
     data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, train_subset=args.train_subset, binarize=not args.grey)
     train = TrainConfig(
         epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
-        beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples,
+        beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples, mixture_estimator=args.mixture_estimator,
         checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip, detect_anomaly=args.detect_anomaly,
         channels_last=not args.no_channels_last,
         tensorboard=args.tensorboard, max_minutes=args.max_minutes,

@@ -21,6 +21,9 @@ LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
 GREY_LIKELIHOODS = ("continuous-bernoulli", "gaussian", "logistic")  # train on grey levels, never binarised
 IMAGE_SIZES = (28, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
+# How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
+# every component decoded, the importance-weighted bound over components, or one pathwise draw.
+MIXTURE_ESTIMATORS = ("marginal", "stratified", "pathwise")
 
 
 def block_widths(size: int, width: int = 256) -> list[int]:
@@ -107,6 +110,7 @@ class TrainConfig:
     kl_warmup: int = 0  # epochs of linear KL annealing from 0 to beta
     free_bits: float = 0.0  # nats per latent dimension below which the KL is not penalised
     iw_samples: int = 1  # >1 trains on the importance-weighted bound
+    mixture_estimator: str = "marginal"  # for K > 1: marginal (K decoder passes), stratified (SIWAE), pathwise (1 pass)
     checkpoint_every: int = 0  # steps; 0 means only at the end of each epoch
     grad_clip: float | None = None
     detect_anomaly: bool = False
@@ -118,7 +122,8 @@ class TrainConfig:
         _positive(self, "epochs", "--epochs")
         _positive(self, "batch_size", "--batch-size")
         _positive(self, "iw_samples", "--iw-samples")
-        if self.iw_samples > 1 and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
+        _choice(self.mixture_estimator, MIXTURE_ESTIMATORS, "--mixture-estimator")
+        if self.importance_weighted and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
             raise VaekitError("--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted bound "
                               "(--iw-samples > 1) has none, so use one or the other")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
@@ -151,8 +156,15 @@ class TrainConfig:
         return self.beta == 1.0 and self.kl_warmup == 0 and self.free_bits == 0.0
 
     @property
+    def importance_weighted(self) -> bool:
+        """Whether training maximises an importance-weighted bound rather than the ELBO."""
+        return self.iw_samples > 1 or self.mixture_estimator == "stratified"
+
+    @property
     def objective_name(self) -> str:
         """What training maximises, as logs and the metrics' `objective` column name it."""
+        if self.mixture_estimator == "stratified":
+            return f"siwae({self.iw_samples})"
         if self.iw_samples > 1:
             return f"iwae({self.iw_samples})"
         if self.is_elbo:
@@ -173,6 +185,9 @@ class RunConfig:
             self.data.binarize = False  # see DataConfig.binarize
         self.data.validate()
         self.train.validate()
+        if self.train.mixture_estimator == "stratified" and self.model.components == 1:
+            raise VaekitError("--mixture-estimator stratified needs --components > 1 (with one component it is the ELBO, "
+                              "or IWAE with --iw-samples); drop it or raise --components")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -313,7 +313,9 @@ def write_latent_pictures(run_dir, model, data, device=None, n: int = LATENT_PIC
     labels = data.val.labels[:n] if data.val.labels is not None else None
     plot_latent_scatter(torch.cat(means), labels, Path(run_dir) / "latent_scatter.png", data.class_names)
     if model.config.components > 1:
-        plot_component_usage(torch.cat(weights).mean(0), Path(run_dir) / "component_usage.png")
+        from .runs import read_metrics
+
+        plot_component_usage(torch.cat(weights).mean(0), Path(run_dir) / "component_usage.png", read_metrics(Path(run_dir)))
 
 
 def _missing_pictures(run, data) -> None:

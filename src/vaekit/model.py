@@ -86,10 +86,19 @@ class VAE(nn.Module):
         """Mean images decoded from the posterior mean."""
         return self.decode(self.encode(x).mean).mean
 
-    def forward(self, x_input: torch.Tensor, x_target: torch.Tensor | None = None, iw_samples: int = 1):
-        """The training bound's terms; a forward() so DistributedDataParallel can wrap it."""
-        from .objectives import elbo_terms, iwae_terms
+    def forward(self, x_input: torch.Tensor, x_target: torch.Tensor | None = None, iw_samples: int = 1,
+                estimator: str = "marginal"):
+        """The training bound's terms; a forward() so DistributedDataParallel can wrap it.
 
-        if iw_samples > 1:
+        estimator (TrainConfig.mixture_estimator) says how the mixture component is handled:
+        `marginal` decodes every component (the mixture ELBO, or SIWAE with S > 1),
+        `stratified` is SIWAE for any S (S=1 included), `pathwise` decodes one draw per sample
+        from the full mixture. With K=1 all three are the same bound.
+        """
+        from .objectives import elbo_terms, iwae_terms, pathwise_terms
+
+        if estimator == "pathwise" and self.config.components > 1:
+            return pathwise_terms(self, x_input, x_target, iw_samples)
+        if iw_samples > 1 or (estimator == "stratified" and self.config.components > 1):
             return iwae_terms(self, x_input, x_target, iw_samples)
         return elbo_terms(self, x_input, x_target)

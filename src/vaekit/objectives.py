@@ -111,6 +111,28 @@ def iwae_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samp
     return Terms(bound, recon, kl, latent_size=z.shape[-1], importance_weighted=True)
 
 
+def pathwise_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samples: int = 1) -> Terms:
+    """The ELBO (S=1) or the IWAE bound (S>1) with S draws from the full mixture q(z|x), one
+    decoder pass per draw whatever K is:
+
+        log (1/S) sum_s p(x, z_s) / q(z_s|x),   z_s ~ q(z|x) by MixtureOfGaussians.rsample,
+
+    whose gradients reach the locs, scales and mixture logits through the transport velocity.
+    In expectation the S=1 value is the same ELBO that `elbo_terms` computes exactly over the
+    components, which is why validation keeps using that one: it has less noise.
+    """
+    x_target = x_input if x_target is None else x_target
+    q = model.encode(x_input)  # (B, K, D)
+    z = q.rsample((samples,))  # (S, B, D)
+    log_px = model.decode(z).log_prob(model.crop(x_target))  # (S, B)
+    log_q_minus_p = q.log_prob(z) - model.prior().log_prob(z)  # (S, B)
+    if samples == 1:
+        recon, kl = log_px[0], log_q_minus_p[0]
+        return Terms(recon - kl, recon, kl, latent_size=z.shape[-1])
+    bound = torch.logsumexp(log_px - log_q_minus_p, dim=0) - math.log(samples)  # (B,)
+    return Terms(bound, log_px.mean(0), log_q_minus_p.mean(0), latent_size=z.shape[-1], importance_weighted=True)
+
+
 def training_loss(terms: Terms, beta: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
     """Mean over the batch of -(recon - beta * KL); beta=1 and no free bits is the negative ELBO.
 

@@ -420,12 +420,15 @@ def plot_latent_scatter(
     return _save_figure(fig, path)
 
 
-def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str]) -> Path:
-    """Bar chart of the mean mixture weight of each component, entropy in the title.
+def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str], rows: Sequence[dict] = ()) -> Path:
+    """Bar chart of the mean mixture weight of each component, entropy in the title; beside it,
+    when metrics.csv ``rows`` carry the usage columns, the effective number of components per epoch.
 
     The entropy (nats) is of the weights normalised to sum to one; the maximum ``log K``
     (all components used equally) and the effective number of components ``exp(H)`` are
-    shown next to it.  A dashed line marks the uniform weight ``1/K``.
+    shown next to it.  A dashed line marks the uniform weight ``1/K``.  Over epochs,
+    ``exp`` of the mean weights' entropy (how many components the data set uses) is drawn
+    with ``exp`` of the mean per-image entropy (how many each image spreads over).
     """
     w = _as_numpy(weights).astype(np.float64, copy=False).reshape(-1)
     if w.size == 0:
@@ -436,9 +439,13 @@ def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str])
     p = w / w.sum()
     nz = p[p > 0]
     entropy = float(-(nz * np.log(nz)).sum())
+    history = [(x, _to_float(r.get("usage_entropy")), _to_float(r.get("usage_image_entropy")))
+               for i, r in enumerate(rows) for x in [_to_float(r.get("epoch")) or float(i + 1)]]
+    history = [h for h in history if h[1] is not None and h[2] is not None]
 
-    fig = _new_figure((max(6.0, 0.45 * k + 2.0), 4.0))
-    ax = fig.subplots()
+    fig = _new_figure((max(6.0, 0.45 * k + 2.0) + (5.0 if history else 0.0), 4.0))
+    axes = fig.subplots(1, 2 if history else 1)
+    ax = axes[0] if history else axes
     ax.bar(np.arange(k), w, color="tab:blue")
     ax.axhline(w.sum() / k, color="grey", linestyle="--", linewidth=1, label="uniform")
     ax.set_xticks(np.arange(k))
@@ -450,4 +457,20 @@ def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str])
     )
     ax.legend(frameon=False)
     ax.grid(True, axis="y", alpha=0.3)
+    if history:
+        from matplotlib.ticker import MaxNLocator
+
+        ax = axes[1]
+        epochs = np.asarray([h[0] for h in history])
+        marker = "o" if len(history) <= 60 else None
+        ax.plot(epochs, np.exp([h[1] for h in history]), marker=marker, markersize=4, label="data set: exp H(mean weights)")
+        ax.plot(epochs, np.exp([h[2] for h in history]), "--", marker=marker, markersize=4, label="per image: exp mean H(weights)")
+        ax.axhline(k, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0.9, k + 0.3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("effective components")
+        ax.set_title("usage over training (validation images)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(frameon=False, fontsize="small")
+        ax.grid(True, alpha=0.3)
     return _save_figure(fig, path)

@@ -53,7 +53,9 @@ PICTURES: tuple[tuple[str, str, str], ...] = (
         "component_usage.png",
         "Mixture component usage",
         "Mean posterior weight of each mixture component; the entropy in the title "
-        "measures how evenly the components are used.",
+        "measures how evenly the components are used. Beside it, over the epochs: the effective "
+        "number of components the validation set uses (exp of the mean weights' entropy) and "
+        "how many each image spreads over (exp of the mean per-image entropy).",
     ),
 )
 

@@ -14,6 +14,7 @@ from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint
 from .config import RunConfig
 from .errors import VaekitError
 from .model import VAE
+from .usage import USAGE_COLUMNS
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -67,7 +68,8 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    usage = [c for c in USAGE_COLUMNS if any(c in row for row in rows)]  # runs with K > 1
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + usage, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .batching import batch_count, epoch_permutation, make_batch, shard
+from .batching import batch_count, binarize_fixed, epoch_permutation, make_batch, shard, to_float
 from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint, resolve_pointer, save_checkpoint
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
@@ -28,6 +28,7 @@ from .evaluate import bound_means
 from .model import VAE
 from .objectives import Terms, training_loss
 from .runs import CONFIG, default_run_dir, write_metrics
+from .usage import USAGE_COLUMNS, component_usage, posterior_weights
 
 VALIDATION_SEED = 1234  # fixed, so validation numbers compare across runs and seeds
 PICTURE_SEED = 4321
@@ -146,7 +147,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     if ctx.enabled:
         # static_graph: with K=1 the mixture-logits head never gets a gradient, always the same set.
         ddp = torch.nn.parallel.DistributedDataParallel(_TupleTerms(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
-        net = lambda x, iw_samples: Terms(*ddp(x, iw_samples=iw_samples))  # noqa: E731
+        net = lambda x, iw_samples, estimator: Terms(*ddp(x, iw_samples=iw_samples, estimator=estimator))  # noqa: E731
     log_weights = WeightHashLog(ctx.rank)
     from .tensorboard_log import open_logger  # tensorboard itself is imported only when asked for
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
@@ -236,7 +237,7 @@ def _step(net, model: VAE, optimizer, x: torch.Tensor, kl_w: float, t, ctx: Dist
           run_dir: Path, step: int, checks: "StepChecks") -> tuple[Terms, torch.Tensor]:
     """One optimizer step on batch x, with no host sync: a non-finite loss or gradient on any
     rank makes every rank skip the update on the device, and `checks` reports it later."""
-    terms = net(x, iw_samples=t.iw_samples)
+    terms = net(x, iw_samples=t.iw_samples, estimator=t.mixture_estimator)
     loss = training_loss(terms, kl_w, t.free_bits)
     optimizer.zero_grad(set_to_none=True)
     anomaly = _backward(loss, t.detect_anomaly)  # only under --detect-anomaly, where every step is settled
@@ -265,6 +266,10 @@ def _end_epoch(config: RunConfig, model: VAE, optimizer, state: dict, sums: torc
         "val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
         "seconds": seconds, "images_per_s": totals[4] / seconds,
     }
+    if config.model.components > 1:  # is the mixture collapsing? (the report plots these over epochs)
+        x_val = binarize_fixed(val_images, VALIDATION_SEED) if config.data.binarize else to_float(val_images)
+        usage = component_usage(posterior_weights(model, x_val))
+        row.update({k: usage[k] for k in USAGE_COLUMNS})
     state["history"].append(row)
     is_best = state["best_val_elbo"] is None or val["elbo"] > state["best_val_elbo"]
     if is_best:
@@ -344,7 +349,7 @@ def _non_finite(model, x, t, ctx: DistContext, device, run_dir: Path, step: int,
         what = "gradient"
         params = [p for p in model.parameters() if p.requires_grad]
         with torch.autograd.set_detect_anomaly(False):
-            terms = model(x, iw_samples=t.iw_samples)
+            terms = model(x, iw_samples=t.iw_samples, estimator=t.mixture_estimator)
             flags = []
             for term in (-terms.recon.mean(), terms.kl.mean()):
                 grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
@@ -444,8 +449,8 @@ class _TupleTerms(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, iw_samples: int = 1):
-        terms = self.model(x, iw_samples=iw_samples)
+    def forward(self, x: torch.Tensor, iw_samples: int = 1, estimator: str = "marginal"):
+        terms = self.model(x, iw_samples=iw_samples, estimator=estimator)
         return terms.elbo, terms.recon, terms.kl, terms.kl_per_dim
 
 
