@@ -133,6 +133,8 @@ CASES = [
     ("epochs-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--epochs", "0"], ["--epochs must be a positive integer"]),
     ("batch-larger-than-data", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "500"], ["larger than the 160 training images", "lower it"]),
     ("negative-checkpoint-every", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
+    ("free-bits-with-a-mixture", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "2", "--free-bits", "0.5"], ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"]),
+    ("free-bits-with-a-vamp-prior", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--prior", "vamp", "--free-bits", "0.5"], ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"]),
     ("grad-clip-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"], ["--grad-clip must be positive"]),
     ("max-minutes-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--max-minutes", "0"], ["--max-minutes (max_minutes) must be a positive number"]),
     ("not-an-int", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"], ["invalid int value", "--help"]),

@@ -37,7 +37,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=69420)
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (not 1: a beta-objective, not the ELBO)")
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
-    p.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension")
+    p.add_argument("--free-bits", type=float, default=0.0, help="free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose batch-mean KL "
+                   "is below this many nats; only with --components 1 and --prior normal")
     p.add_argument("--iw-samples", type=int, default=1, help="train on the importance-weighted bound with S samples")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
     p.add_argument("--grey", action="store_true", help="train on grey levels instead of dynamically binarised pixels")
