@@ -165,3 +165,24 @@ def test_grey_bernoulli_numbers_are_not_called_a_likelihood():
     assert not is_likelihood and "NOT a likelihood" in kind
     assert number_kind("bernoulli", binarized=True)[1]
     assert number_kind("logistic", binarized=False)[1]
+
+
+def _independent_cpu_draw(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.bernoulli(images.float() / 255, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_fixed_binarisation_is_one_cpu_draw_with_the_fixed_seed():
+    from vaekit.batching import binarize_fixed
+
+    images = make_tiny_splits(60).test.images
+    assert torch.equal(binarize_fixed(images, EVAL_BINARIZE_SEED), _independent_cpu_draw(images, EVAL_BINARIZE_SEED))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_fixed_binarisation_does_not_depend_on_the_device():
+    from vaekit.batching import binarize_fixed
+
+    images = make_tiny_splits(60).test.images
+    on_gpu = binarize_fixed(images.cuda(), EVAL_BINARIZE_SEED)
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), _independent_cpu_draw(images, EVAL_BINARIZE_SEED))
