@@ -186,3 +186,44 @@ def test_the_fixed_binarisation_does_not_depend_on_the_device():
     on_gpu = binarize_fixed(images.cuda(), EVAL_BINARIZE_SEED)
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.cpu(), _independent_cpu_draw(images, EVAL_BINARIZE_SEED))
+
+
+def _record_autocast(monkeypatch) -> list[bool]:
+    """The `enabled` of every network call: what the networks would run in on a GPU."""
+    import vaekit.model
+
+    seen, real = [], vaekit.model.network_autocast
+    monkeypatch.setattr(vaekit.model, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1])
+    return seen
+
+
+def test_validation_runs_the_networks_in_fp32_and_restores_autocast(tiny_model, tiny_run, monkeypatch):
+    from vaekit.evaluate import bound_means
+
+    images = tiny_run[1].val.images
+    fp32 = bound_means(tiny_model, images, 16, True, 1234)
+    seen = _record_autocast(monkeypatch)
+    tiny_model.autocast = True  # as train.py sets it on CUDA
+    try:
+        got = bound_means(tiny_model, images, 16, True, 1234)
+        assert tiny_model.autocast is True
+    finally:
+        tiny_model.autocast = False
+    assert seen and not any(seen)
+    assert got == fp32
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_evaluation_runs_the_networks_in_fp32_and_restores_autocast(fast, tiny_model, tiny_run, monkeypatch):
+    images = tiny_run[1].test.images[:10]
+    settings = dict(binarize=True, samples=4, batch_size=5, progress=False, fast=fast)
+    fp32 = evaluate_model(tiny_model, images, **settings)
+    seen = _record_autocast(monkeypatch)
+    tiny_model.autocast = True
+    try:
+        got = evaluate_model(tiny_model, images, **settings)
+        assert tiny_model.autocast is True
+    finally:
+        tiny_model.autocast = False
+    assert seen and not any(seen)
+    assert got == fp32

@@ -8,6 +8,7 @@ import torch
 
 from .batching import binarize_fixed, to_float
 from .distributed import DistContext
+from .model import full_precision
 from .objectives import elbo_terms, log_likelihood_estimate  # noqa: F401  (re-exported: evaluation's estimator)
 
 EVAL_BINARIZE_SEED = 20190101  # independent of any training seed, so numbers compare across runs
@@ -25,7 +26,7 @@ def bound_terms(model, images: torch.Tensor, batch_size: int, binarize: bool, se
     model.eval()
     out: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": []}
     device = images.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         torch.manual_seed(seed + 1)
         # Binarise the whole set before sharding: the same images whatever the process count.
         x_all = (binarize_fixed(images, seed) if binarize else to_float(images))[index]
@@ -110,7 +111,7 @@ def evaluate_model(
     per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}
     means, weights = [], []
     bar = tqdm(total=len(x_all) * samples, desc="importance samples", unit="", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         torch.manual_seed(seed)
         for start in range(0, len(x_all), batch_size):
             x = x_all[start:start + batch_size]
@@ -170,7 +171,7 @@ def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SA
     real = classifier.features(test)
     model.eval()
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         fake_images = torch.cat([model.sample(min(batch_size, n - i)).float().cpu() for i in range(0, n, batch_size)])
         pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
