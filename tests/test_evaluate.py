@@ -227,3 +227,20 @@ def test_evaluation_runs_the_networks_in_fp32_and_restores_autocast(fast, tiny_m
         tiny_model.autocast = False
     assert seen and not any(seen)
     assert got == fp32
+
+
+@pytest.mark.parametrize("likelihood, binarize, has_bits", [
+    ("bernoulli", True, True), ("logistic", False, True),
+    ("gaussian", False, False), ("continuous-bernoulli", False, False), ("bernoulli", False, False),
+])
+def test_bits_per_dim_only_for_the_probability_of_discrete_data(likelihood, binarize, has_bits):
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=2, width=32, likelihood=likelihood, image_size=28)).eval()
+    result = evaluate_model(model, make_tiny_splits(60).test.images[:6], binarize=binarize, samples=3, batch_size=6, progress=False)
+    bits = result["test"]["bits_per_dim"]
+    if has_bits:
+        assert bits["mean"] == pytest.approx(result["test"]["nll"]["mean"] / (28 * 28 * math.log(2)))
+        assert "no bits/dim" not in result["number_kind"]
+    else:
+        assert bits is None and "no bits/dim is given" in result["number_kind"]
+    assert json.loads(json.dumps(result))["test"]["bits_per_dim"] == bits  # null in evaluation.json

@@ -146,7 +146,8 @@ def cmd_evaluate(args) -> int:
 
 def _evaluation_summary(result: dict) -> dict:
     """The headline numbers; the full record (settings, per-dimension variances) is in evaluation.json."""
-    summary = {"number_kind": result["number_kind"], **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items()}}
+    summary = {"number_kind": result["number_kind"],
+               **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items() if v is not None}}
     summary["active_units"] = f"{result['active_units']['count']} of {result['active_units']['of']}"
     if "components" in result:
         summary["component_weights"] = [round(w, 3) for w in result["components"]["mean_weights"]]
