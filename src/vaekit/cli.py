@@ -229,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(exc: OSError) -> str:
+    """The path and the cause of a file-system failure, on one line."""
+    # A failed rename names the temporary file first and the destination second: the
+    # destination is the path the user knows.
+    path = exc.filename2 or exc.filename
+    cause = exc.strerror or str(exc)
+    where = f"cannot create or write {path}" if path else "a file could not be written"
+    return f"{where} ({cause}); choose a path that can be created and written, with free space"
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "evaluate": cmd_evaluate, "interpolate": cmd_interpolate, "report": cmd_report}
 
@@ -245,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except VaekitError as exc:
         print(f"vaekit: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder that cannot be made or a file that cannot be written, whatever os.access said
+        print(f"vaekit: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaekit: interrupted", file=sys.stderr)

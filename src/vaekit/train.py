@@ -97,7 +97,7 @@ def train(
     created = resume is None and not run_dir.exists()
     try:
         return _train(config, run_dir, resume is not None, data, progress, device, ctx)
-    except (VaekitError, KeyboardInterrupt):
+    except (VaekitError, KeyboardInterrupt, OSError):
         # A run that failed before its first checkpoint is not a run: leave nothing that
         # `--resume` or a later `--out` would trip over.
         if created and ctx.is_master and not has_checkpoint(run_dir):
