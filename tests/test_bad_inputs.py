@@ -133,6 +133,8 @@ CASES = [
     ("epochs-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--epochs", "0"], ["--epochs must be a positive integer"]),
     ("batch-larger-than-data", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "500"], ["larger than the 160 training images", "lower it"]),
     ("negative-checkpoint-every", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
+    ("free-bits-with-a-mixture", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "2", "--free-bits", "0.5"], ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"]),
+    ("free-bits-with-a-vamp-prior", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--prior", "vamp", "--free-bits", "0.5"], ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"]),
     ("grad-clip-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"], ["--grad-clip must be positive"]),
     ("max-minutes-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--max-minutes", "0"], ["--max-minutes (max_minutes) must be a positive number"]),
     ("not-an-int", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"], ["invalid int value", "--help"]),
@@ -196,3 +198,98 @@ def test_no_traceback_reaches_the_terminal(case, npz, finished_run, tmp_path, mo
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert all(n in proc.stderr for n in needles) and proc.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+# Paths the permission check lets through but the file system refuses, even to root: mkdir
+# under /proc fails whatever os.access says, and a folder where a file must go cannot be replaced.
+UNWRITABLE = "/proc/vaekit-test"
+
+
+def _blocked(run: Path, name: str) -> Path:
+    (run / name).mkdir()
+    return run
+
+
+# (id, argv builder (tmp, npz, finished_run) -> argv, the path the one line must name)
+WRITE_CASES = [
+    ("train-out", lambda t, n, r: TRAIN + ["--dataset", f"npz:{n}", "--out", f"{UNWRITABLE}/run"], UNWRITABLE),
+    ("sample-out", lambda t, n, r: ["sample", str(r), "-n", "4", "--out", f"{UNWRITABLE}/s.png"], UNWRITABLE),
+    ("reconstruct-out", lambda t, n, r: ["reconstruct", str(r), "-n", "4", "--out", f"{UNWRITABLE}/r.png"], UNWRITABLE),
+    ("interpolate-out", lambda t, n, r: ["interpolate", str(r), "--pairs", "1", "--steps", "3", "--out", f"{UNWRITABLE}/i.png"], UNWRITABLE),
+    ("evaluate-record", lambda t, n, r: ["evaluate", str(_blocked(_run_copy(r, t), "evaluation.json")), "--nll-samples", "2",
+                                         "--test-subset", "4", "--no-quality", "--quiet"], "evaluation.json"),
+    ("report-page", lambda t, n, r: ["report", str(_blocked(_run_copy(r, t), "report.html"))], "report.html"),
+]
+
+
+@pytest.mark.parametrize("build, path", [c[1:] for c in WRITE_CASES], ids=[c[0] for c in WRITE_CASES])
+def test_a_path_that_cannot_be_written_is_one_line_exit_2(build, path, npz, finished_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = build(tmp_path, npz, finished_run)
+    if argv[0] == "report":  # the pictures a report draws first are not what is tested here
+        monkeypatch.setattr("vaekit.evaluate.ensure_pictures", lambda run_dir, data=None: None)
+
+    code = main(argv)
+
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("vaekit: error: cannot create or write ") and path in lines[0], lines[0]
+    assert "(No such file or directory)" in lines[0] or "(Is a directory)" in lines[0], lines[0]
+    assert not Path(UNWRITABLE).exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # no half-written file
+
+
+def test_a_disk_full_before_the_first_checkpoint_leaves_no_run(npz, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import vaekit.train
+
+    def full(run_dir, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "metrics.csv"))
+
+    monkeypatch.setattr(vaekit.train, "write_metrics", full)
+    out = tmp_path / "run"
+    code = main(TRAIN + ["--dataset", f"npz:{npz}", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"cannot create or write {out / 'metrics.csv'} (No space left on device)" in err
+    assert not out.exists()
+
+
+def _ordinary_user() -> list[str]:
+    """The command prefix that runs a process as an ordinary user (nobody when this is root)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv to drop to an ordinary user")
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_a_read_only_folder_as_an_ordinary_user_is_one_line_exit_2(command, npz, finished_run):
+    import tempfile
+
+    prefix = _ordinary_user()
+    shared = Path(tempfile.mkdtemp(prefix="vaekit-test-"))  # not under pytest's tmp, which only root can enter
+    try:
+        shared.chmod(0o755)
+        shutil.copy(npz, shared / "blobs.npz")
+        shutil.copytree(finished_run, shared / "run")
+        for p in (shared / "run").rglob("*"):  # run files are written 0600 (mkstemp)
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        locked = shared / "locked"
+        locked.mkdir(mode=0o555)
+        locked.chmod(0o555)
+        if command == "train":
+            argv = TRAIN + ["--dataset", f"npz:{shared / 'blobs.npz'}", "--out", str(locked / "run")]
+        else:
+            argv = ["sample", str(shared / "run"), "-n", "4", "--out", str(locked / "s.png")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HOME": str(shared), "MPLCONFIGDIR": str(shared)}
+        proc = subprocess.run(prefix + [sys.executable, "-m", "vaekit", *argv], capture_output=True, text=True, timeout=120, cwd=shared, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("vaekit: error: ") and str(locked) in proc.stderr, proc.stderr
+        assert list(locked.iterdir()) == []
+    finally:
+        shutil.rmtree(shared)

@@ -118,3 +118,20 @@ def test_tensorboard_gets_scalars_images_and_the_embedding(tmp_path, monkeypatch
     assert names.count("add_images") == 2 and "add_embedding" in names and names[-1] == "close"
     embedding = next(c for c in writer.calls if c[0] == "add_embedding")
     assert embedding[2]["label_img"].shape[1:] == (1, 28, 28)
+
+
+def test_a_density_gets_no_bits_per_dim_in_the_json_the_printout_or_the_report(tmp_path, capsys):
+    images, labels = blob_images(100)
+    np.savez(tmp_path / "blobs.npz", images=images[:, 0], labels=labels)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'blobs.npz'}", "--likelihood", "gaussian", "--latent-size", "2",
+                 "--width", "32", "--epochs", "1", "--batch-size", "32", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert "bits_per_dim" not in summary and "nll" in summary and "no bits/dim" in summary["number_kind"]
+    assert saved["test"]["bits_per_dim"] is None and "no bits/dim" in saved["number_kind"]
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "bits_per_dim" not in page and "no bits/dim is given" in page and "test.nll" in page

@@ -165,3 +165,82 @@ def test_grey_bernoulli_numbers_are_not_called_a_likelihood():
     assert not is_likelihood and "NOT a likelihood" in kind
     assert number_kind("bernoulli", binarized=True)[1]
     assert number_kind("logistic", binarized=False)[1]
+
+
+def _independent_cpu_draw(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.bernoulli(images.float() / 255, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_fixed_binarisation_is_one_cpu_draw_with_the_fixed_seed():
+    from vaekit.batching import binarize_fixed
+
+    images = make_tiny_splits(60).test.images
+    assert torch.equal(binarize_fixed(images, EVAL_BINARIZE_SEED), _independent_cpu_draw(images, EVAL_BINARIZE_SEED))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_fixed_binarisation_does_not_depend_on_the_device():
+    from vaekit.batching import binarize_fixed
+
+    images = make_tiny_splits(60).test.images
+    on_gpu = binarize_fixed(images.cuda(), EVAL_BINARIZE_SEED)
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), _independent_cpu_draw(images, EVAL_BINARIZE_SEED))
+
+
+def _record_autocast(monkeypatch) -> list[bool]:
+    """The `enabled` of every network call: what the networks would run in on a GPU."""
+    import vaekit.model
+
+    seen, real = [], vaekit.model.network_autocast
+    monkeypatch.setattr(vaekit.model, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1])
+    return seen
+
+
+def test_validation_runs_the_networks_in_fp32_and_restores_autocast(tiny_model, tiny_run, monkeypatch):
+    from vaekit.evaluate import bound_means
+
+    images = tiny_run[1].val.images
+    fp32 = bound_means(tiny_model, images, 16, True, 1234)
+    seen = _record_autocast(monkeypatch)
+    tiny_model.autocast = True  # as train.py sets it on CUDA
+    try:
+        got = bound_means(tiny_model, images, 16, True, 1234)
+        assert tiny_model.autocast is True
+    finally:
+        tiny_model.autocast = False
+    assert seen and not any(seen)
+    assert got == fp32
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_evaluation_runs_the_networks_in_fp32_and_restores_autocast(fast, tiny_model, tiny_run, monkeypatch):
+    images = tiny_run[1].test.images[:10]
+    settings = dict(binarize=True, samples=4, batch_size=5, progress=False, fast=fast)
+    fp32 = evaluate_model(tiny_model, images, **settings)
+    seen = _record_autocast(monkeypatch)
+    tiny_model.autocast = True
+    try:
+        got = evaluate_model(tiny_model, images, **settings)
+        assert tiny_model.autocast is True
+    finally:
+        tiny_model.autocast = False
+    assert seen and not any(seen)
+    assert got == fp32
+
+
+@pytest.mark.parametrize("likelihood, binarize, has_bits", [
+    ("bernoulli", True, True), ("logistic", False, True),
+    ("gaussian", False, False), ("continuous-bernoulli", False, False), ("bernoulli", False, False),
+])
+def test_bits_per_dim_only_for_the_probability_of_discrete_data(likelihood, binarize, has_bits):
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=2, width=32, likelihood=likelihood, image_size=28)).eval()
+    result = evaluate_model(model, make_tiny_splits(60).test.images[:6], binarize=binarize, samples=3, batch_size=6, progress=False)
+    bits = result["test"]["bits_per_dim"]
+    if has_bits:
+        assert bits["mean"] == pytest.approx(result["test"]["nll"]["mean"] / (28 * 28 * math.log(2)))
+        assert "no bits/dim" not in result["number_kind"]
+    else:
+        assert bits is None and "no bits/dim is given" in result["number_kind"]
+    assert json.loads(json.dumps(result))["test"]["bits_per_dim"] == bits  # null in evaluation.json

@@ -94,7 +94,8 @@ def test_gaussian_matches_normal_and_integrates_to_one(variance):
         head.logvar.uniform_(-6, 0)
     logits = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     x = torch.rand(3, 2, 4, 4, dtype=torch.float64)
-    expected = D.Normal(torch.sigmoid(logits), torch.exp(0.5 * head.logvar)).log_prob(x).sum((-3, -2, -1))
+    logvar = GAUSSIAN_LOGVAR_MIN + torch.nn.functional.softplus(head.logvar - GAUSSIAN_LOGVAR_MIN)  # the smooth floor
+    expected = D.Normal(torch.sigmoid(logits), torch.exp(0.5 * logvar)).log_prob(x).sum((-3, -2, -1))
     torch.testing.assert_close(head(logits).log_prob(x), expected)
     # One pixel, over the real line.
     one = GaussianHead(1, 1, variance).double()
@@ -109,8 +110,20 @@ def test_gaussian_variance_has_a_floor_and_learns():
         head.logvar.fill_(-50.0)
     assert head(torch.zeros(1, 1, 2, 2)).logvar.item() == pytest.approx(GAUSSIAN_LOGVAR_MIN)
     head = GaussianHead(1, 2, "pixel")
+    assert head(torch.zeros(1, 1, 2, 2)).logvar.flatten()[0].item() == pytest.approx(2 * math.log(0.1))  # the start: 0.1^2
     head(torch.zeros(1, 1, 2, 2)).log_prob(torch.full((1, 1, 2, 2), 0.9)).sum().backward()
     assert head.logvar.grad is not None and head.logvar.grad.abs().sum() > 0
+
+
+def test_gaussian_variance_below_the_floor_still_gets_a_gradient():
+    head = GaussianHead(1, 2, "pixel")
+    with torch.no_grad():
+        head.logvar.fill_(GAUSSIAN_LOGVAR_MIN - 3.0)
+    dist = head(torch.zeros(1, 1, 2, 2))
+    assert (dist.logvar >= GAUSSIAN_LOGVAR_MIN).all()
+    # Far from the mean, a wider variance is more likely: the gradient must say so.
+    dist.log_prob(torch.full((1, 1, 2, 2), 0.9)).sum().backward()
+    assert (head.logvar.grad > 0).all()
 
 
 def _logistic_pixel(logits, loc, log_scale, dtype=torch.float64) -> DiscretisedLogisticMixtureImage:
@@ -181,3 +194,17 @@ def test_discretised_logistic_samples_follow_its_probabilities():
     probs = head(params[:1].double()).level_log_prob(_pixels(LEVELS)).exp().reshape(-1)
     assert (freq - probs).abs().max() < 0.01
     assert abs(freq[0] - probs[0]) < 0.01  # the bottom edge collects the tail below 0
+
+
+def test_a_confident_logistic_at_the_scale_floor_gives_its_grey_level_over_0_9():
+    # One channel, one component: the head's raw parameters are (logit, loc - 0.5, log-scale).
+    level = 100 / 255
+    params = torch.tensor([0.0, level - 0.5, -30.0], dtype=torch.float64).reshape(1, 3, 1, 1)
+    dist = DiscretisedLogisticHead(1)(params)
+    probability = dist.log_prob(_pixels([level])).exp().item()
+    # The same mass from the logistic's CDF at the bin edges, at the scale the floor leaves.
+    scale = dist.log_scale.exp().item()
+    edges = torch.tensor([level - 0.5 / 255, level + 0.5 / 255], dtype=torch.float64)
+    cdf = torch.sigmoid((edges - level) / scale)
+    assert probability == pytest.approx((cdf[1] - cdf[0]).item(), rel=1e-9)
+    assert probability > 0.9

@@ -93,10 +93,25 @@ def test_training_loss_for_the_importance_weighted_bound_is_minus_the_bound():
         training_loss(terms, beta=0.5)
 
 
-def test_free_bits_floor_without_a_per_dimension_kl_is_per_latent_dimension():
+def test_free_bits_needs_the_per_dimension_kl():
+    # A floor on the summed KL would take the gradient off every dimension at once.
     terms = Terms(torch.tensor([-12.0]), torch.tensor([-10.0]), torch.tensor([2.0]), latent_size=4)
-    assert training_loss(terms, free_bits=1.0).item() == pytest.approx(10.0 + 4.0)  # floor 1 * 4 nats
-    assert training_loss(terms, free_bits=0.25).item() == pytest.approx(12.0)  # KL already above 0.25 * 4
+    with pytest.raises(ValueError, match="per-dimension KL"):
+        training_loss(terms, free_bits=1.0)
+
+
+def test_free_bits_floors_each_dimension_of_the_batch_mean_kl():
+    kl_per_dim = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # batch means 0.2 and 3.0
+    terms = Terms(torch.tensor([-16.1, -15.3]), torch.tensor([-10.0, -11.0]), kl_per_dim.sum(-1), kl_per_dim, latent_size=2)
+    assert training_loss(terms, free_bits=0.5).item() == pytest.approx(10.5 + 0.5 + 3.0)
+
+
+@pytest.mark.parametrize("model", [ModelConfig(components=2), ModelConfig(prior="mog"), ModelConfig(prior="vamp")])
+def test_config_refuses_free_bits_where_the_kl_has_no_per_dimension_form(model):
+    with pytest.raises(VaekitError, match=r"--free-bits is a per-dimension KL floor.*use --kl-warmup or --beta instead"):
+        RunConfig(model, train=TrainConfig(free_bits=0.5)).validate()
+    RunConfig(model, train=TrainConfig(free_bits=0.5)).validate(for_training=False)  # a finished run still loads
+    RunConfig(ModelConfig(), train=TrainConfig(free_bits=0.5)).validate()
 
 
 def test_config_refuses_beta_with_importance_weights_and_trains_grey_likelihoods_on_grey_levels():

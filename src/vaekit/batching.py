@@ -34,6 +34,10 @@ def make_batch(images: torch.Tensor, index: torch.Tensor, binarize: bool, memory
 
 
 def binarize_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """Binarise once with a fixed generator: the evaluation sets every run is compared on."""
-    g = torch.Generator(device=images.device).manual_seed(seed)
-    return torch.bernoulli(to_float(images), generator=g)
+    """Binarise once with a fixed generator: the evaluation sets every run is compared on.
+
+    Drawn on the CPU whatever the images' device: a CUDA generator with the same seed gives
+    other draws, so a GPU evaluation would score a different test set.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(to_float(images.cpu()), generator=g).to(images.device)

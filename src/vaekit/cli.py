@@ -37,7 +37,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=69420)
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (not 1: a beta-objective, not the ELBO)")
     p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
-    p.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension")
+    p.add_argument("--free-bits", type=float, default=0.0, help="free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose batch-mean KL "
+                   "is below this many nats; only with --components 1 and --prior normal")
     p.add_argument("--iw-samples", type=int, default=1, help="train on the importance-weighted bound with S samples")
     p.add_argument("--mixture-estimator", default="marginal", choices=("marginal", "stratified", "pathwise"),
                    help="for --components > 1: marginal decodes every component (K decoder passes; default), stratified trains "
@@ -149,7 +150,8 @@ def cmd_evaluate(args) -> int:
 
 def _evaluation_summary(result: dict) -> dict:
     """The headline numbers; the full record (settings, per-dimension variances) is in evaluation.json."""
-    summary = {"number_kind": result["number_kind"], **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items()}}
+    summary = {"number_kind": result["number_kind"],
+               **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items() if v is not None}}
     summary["active_units"] = f"{result['active_units']['count']} of {result['active_units']['of']}"
     if "components" in result:
         summary["component_weights"] = [round(w, 3) for w in result["components"]["mean_weights"]]
@@ -231,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(exc: OSError) -> str:
+    """The path and the cause of a file-system failure, on one line."""
+    # A failed rename names the temporary file first and the destination second: the
+    # destination is the path the user knows.
+    path = exc.filename2 or exc.filename
+    cause = exc.strerror or str(exc)
+    where = f"cannot create or write {path}" if path else "a file could not be written"
+    return f"{where} ({cause}); choose a path that can be created and written, with free space"
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "evaluate": cmd_evaluate, "interpolate": cmd_interpolate, "report": cmd_report}
 
@@ -247,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except VaekitError as exc:
         print(f"vaekit: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder that cannot be made or a file that cannot be written, whatever os.access said
+        print(f"vaekit: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaekit: interrupted", file=sys.stderr)

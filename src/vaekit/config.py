@@ -108,7 +108,9 @@ class TrainConfig:
     device: str = "auto"
     beta: float = 1.0  # weight of the KL; anything but 1 is not an ELBO and is logged as such
     kl_warmup: int = 0  # epochs of linear KL annealing from 0 to beta
-    free_bits: float = 0.0  # nats per latent dimension below which the KL is not penalised
+    # Nats per latent dimension below which that dimension's KL is not penalised (Kingma et al.
+    # 2016). Only where the KL is known per dimension in closed form: K=1 and the normal prior.
+    free_bits: float = 0.0
     iw_samples: int = 1  # >1 trains on the importance-weighted bound
     mixture_estimator: str = "marginal"  # for K > 1: marginal (K decoder passes), stratified (SIWAE), pathwise (1 pass)
     checkpoint_every: int = 0  # steps; 0 means only at the end of each epoch
@@ -142,6 +144,17 @@ class TrainConfig:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
         _choice(self.device, ("auto", "cpu", "cuda"), "--device")
         _choice(self.lr_schedule, LR_SCHEDULES, "--lr-schedule")
+
+    def validate_objective(self, model: ModelConfig) -> None:
+        """The objective's checks that need the model too."""
+        if self.free_bits and (model.components > 1 or model.prior != "normal"):
+            # There the KL is a Monte Carlo estimate of the whole sum: a floor on it would drop
+            # the gradient of every dimension at once, which is not free bits.
+            raise VaekitError(f"--free-bits is a per-dimension KL floor, defined only for --components 1 and --prior normal "
+                              f"(got --components {model.components}, --prior {model.prior}); use --kl-warmup or --beta instead")
+        if self.mixture_estimator == "stratified" and model.components == 1:
+            raise VaekitError("--mixture-estimator stratified needs --components > 1 (with one component it is the ELBO, "
+                              "or IWAE with --iw-samples); drop it or raise --components")
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of optimizer step `step` (0-based) of `total_steps`. A function of
@@ -179,15 +192,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     version: str = ""
 
-    def validate(self) -> "RunConfig":
+    def validate(self, for_training: bool = True) -> "RunConfig":
+        """Checks every setting; `for_training=False` (loading a finished run to sample or
+        evaluate it) skips the objective's checks, so runs trained before one was added still load."""
         self.model.validate()
         if self.model.likelihood in GREY_LIKELIHOODS:
             self.data.binarize = False  # see DataConfig.binarize
         self.data.validate()
         self.train.validate()
-        if self.train.mixture_estimator == "stratified" and self.model.components == 1:
-            raise VaekitError("--mixture-estimator stratified needs --components > 1 (with one component it is the ELBO, "
-                              "or IWAE with --iw-samples); drop it or raise --components")
+        if for_training:
+            self.train.validate_objective(self.model)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +228,7 @@ class RunConfig:
             raise VaekitError(f"{path} not found; pass the run directory `vaekit train --out` wrote") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise VaekitError(f"{path} is not valid JSON ({exc}); restore it from a backup") from None
-        return cls.from_dict(data, where=str(path)).validate()
+        return cls.from_dict(data, where=str(path)).validate(for_training=False)
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:

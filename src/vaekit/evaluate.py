@@ -8,6 +8,7 @@ import torch
 
 from .batching import binarize_fixed, to_float
 from .distributed import DistContext
+from .model import full_precision
 from .objectives import elbo_terms, log_likelihood_estimate  # noqa: F401  (re-exported: evaluation's estimator)
 
 EVAL_BINARIZE_SEED = 20190101  # independent of any training seed, so numbers compare across runs
@@ -25,7 +26,7 @@ def bound_terms(model, images: torch.Tensor, batch_size: int, binarize: bool, se
     model.eval()
     out: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": []}
     device = images.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         torch.manual_seed(seed + 1)
         # Binarise the whole set before sharding: the same images whatever the process count.
         x_all = (binarize_fixed(images, seed) if binarize else to_float(images))[index]
@@ -63,11 +64,11 @@ def number_kind(likelihood: str, binarized: bool) -> tuple[str, bool]:
         return "negative log-likelihood of the test images binarised once with a fixed seed (nats)", True
     if likelihood == "bernoulli":
         return ("Bernoulli cross-entropy on grey levels: NOT a likelihood (the Bernoulli is a distribution over {0,1}); "
-                "nll and bits_per_dim are not comparable with published likelihoods"), False
+                "nll is not comparable with published likelihoods, and no bits/dim is given"), False
     if likelihood == "logistic":
         return "negative log-likelihood of the 8-bit grey levels under the discretised logistic (nats)", True
     return (f"negative log-density of grey levels scaled to [0, 1] under the continuous {likelihood} likelihood (nats); "
-            "a density, not a probability of the 8-bit data"), False
+            "a density, not a probability of the 8-bit data, so no bits/dim is given"), False
 
 
 def _mean_and_stderr(values: torch.Tensor) -> dict[str, float]:
@@ -90,6 +91,8 @@ def evaluate_model(
 ) -> dict:
     """Per-image means and standard errors of ELBO, recon, KL, NLL and bits/dim on `images`.
 
+    bits_per_dim is None where the NLL is not the log-probability of discrete data (see number_kind).
+
     `fast` evaluates a BatchNorm-folded channels_last copy (speed.inference_model: the same
     numbers to float rounding, about 1.2-1.9x faster on CPU); `compile` also torch.compiles it.
 
@@ -110,7 +113,7 @@ def evaluate_model(
     per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}
     means, weights = [], []
     bar = tqdm(total=len(x_all) * samples, desc="importance samples", unit="", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         torch.manual_seed(seed)
         for start in range(0, len(x_all), batch_size):
             x = x_all[start:start + batch_size]
@@ -126,12 +129,15 @@ def evaluate_model(
     pixels = cfg.channels * cfg.image_size**2  # the data's own pixels, not the zero frame
     values = {k: torch.cat(v) for k, v in per_image.items()}
     nll = -values.pop("log_px")
-    values.update(nll=nll, bits_per_dim=nll / (pixels * math.log(2)))
+    kind, is_likelihood = number_kind(cfg.likelihood, binarize)
+    test = {k: _mean_and_stderr(v) for k, v in {**values, "nll": nll}.items()}
+    # Bits/dim only where nll is the log-probability of discrete data; a density's value
+    # depends on the units of x and is no code length.
+    test["bits_per_dim"] = _mean_and_stderr(nll / (pixels * math.log(2))) if is_likelihood else None
     posterior_means = torch.cat(means)  # (N, D)
     variance = posterior_means.var(0, unbiased=True) if len(posterior_means) > 1 else torch.zeros(posterior_means.shape[1], dtype=torch.float64)
-    kind, is_likelihood = number_kind(cfg.likelihood, binarize)
     result = {
-        "test": {k: _mean_and_stderr(v) for k, v in values.items()},
+        "test": test,
         "number_kind": kind,
         "nll_is_likelihood": is_likelihood,
         "pixels": pixels,
@@ -170,7 +176,7 @@ def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SA
     real = classifier.features(test)
     model.eval()
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         fake_images = torch.cat([model.sample(min(batch_size, n - i)).float().cpu() for i in range(0, n, batch_size)])
         pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]

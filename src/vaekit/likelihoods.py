@@ -143,6 +143,19 @@ class ContinuousBernoulliHead(nn.Module):
 # has; without a floor, pixels that are always 0 (the background) drive the variance to 0
 # and the log-density to +infinity.
 GAUSSIAN_LOGVAR_MIN = 2 * math.log(1 / 255)
+GAUSSIAN_LOGVAR_START = 2 * math.log(0.1)  # a broad start, so early reconstructions are not punished for being blurry
+
+
+def soft_floor(raw: torch.Tensor, floor: float) -> torch.Tensor:
+    """floor + softplus(raw - floor): above `floor` always, and unlike a clamp it keeps a
+    gradient below it, so a parameter that went under can come back."""
+    return floor + F.softplus(raw - floor)
+
+
+def soft_floor_inverse(value: float, floor: float) -> float:
+    """The raw parameter that soft_floor maps to `value` (> floor)."""
+    excess = value - floor
+    return floor + excess + math.log(-math.expm1(-excess))
 
 
 class GaussianImage:
@@ -187,20 +200,23 @@ class GaussianHead(nn.Module):
             raise ValueError(f"gaussian variance must be 'pixel' or 'global', got {variance!r}")
         self.channels = channels
         shape = (channels, size, size) if variance == "pixel" else ()
-        # log(0.1^2): a broad start, so early reconstructions are not punished for being blurry.
-        self.logvar = nn.Parameter(torch.full(shape, 2 * math.log(0.1)))
+        self.logvar = nn.Parameter(torch.full(shape, soft_floor_inverse(GAUSSIAN_LOGVAR_START, GAUSSIAN_LOGVAR_MIN)))
 
     @property
     def param_channels(self) -> int:
         return self.channels
 
     def forward(self, params: torch.Tensor) -> GaussianImage:
-        return GaussianImage(params, self.logvar.clamp(min=GAUSSIAN_LOGVAR_MIN))
+        return GaussianImage(params, soft_floor(self.logvar, GAUSSIAN_LOGVAR_MIN))
 
 
 # --- Discretised logistic mixture (Salimans et al. 2017, PixelCNN++) -----------------------
 
-LOGISTIC_LOG_SCALE_MIN = -7.0  # as in PixelCNN++: scales below e^-7 ~ 1e-3 bins add nothing but instability
+# PixelCNN++'s floor, e^-7 in its [-1, 1] units, which is e^-7 / 2 in our [0, 1] units. A
+# logistic of scale s centred on an interior grey level puts sigmoid(h/s) - sigmoid(-h/s) =
+# tanh(h / 2s) on its bin (half-width h = 1/510): tanh(2.15) = 0.973 at this floor, whereas
+# e^-7 in [0, 1] units gave tanh(1.075) = 0.79 and so capped a confident model's pixel there.
+LOGISTIC_LOG_SCALE_MIN = -7.0 - math.log(2)
 
 
 def _log1mexp(d: torch.Tensor) -> torch.Tensor:

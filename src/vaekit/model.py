@@ -5,6 +5,9 @@ No training code lives here; objectives.py turns these distributions into bounds
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -102,3 +105,19 @@ class VAE(nn.Module):
         if iw_samples > 1 or (estimator == "stratified" and self.config.components > 1):
             return iwae_terms(self, x_input, x_target, iw_samples)
         return elbo_terms(self, x_input, x_target)
+
+
+@contextmanager
+def full_precision(model: nn.Module) -> Iterator[nn.Module]:
+    """fp32 networks inside the block, autocast as it was after it: validation picks the best
+    checkpoint and evaluation reports its numbers on the same fp32 model on every device,
+    whatever training ran in (bf16 on a GPU)."""
+    previous = getattr(model, "autocast", None)
+    if previous is None:  # not a VAE (a test double): nothing to switch
+        yield model
+        return
+    model.autocast = False
+    try:
+        yield model
+    finally:
+        model.autocast = previous

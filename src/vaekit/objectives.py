@@ -20,7 +20,7 @@ class Terms:
     recon: torch.Tensor  # (B,) E_q[log p(x|z)]
     kl: torch.Tensor  # (B,) E_q[log q(z|x) - log p(z)]
     kl_per_dim: torch.Tensor | None = None  # (B, D) when the KL is analytic (K=1, normal prior)
-    latent_size: int | None = None  # D, for the free-bits floor when the KL is not per dimension
+    latent_size: int | None = None  # D, the number of latent dimensions
     # True when .elbo is an importance-weighted bound, which is not recon - kl (it is above);
     # recon and kl are then diagnostics and the training loss is -elbo.
     importance_weighted: bool = False
@@ -144,16 +144,12 @@ def training_loss(terms: Terms, beta: float = 1.0, free_bits: float = 0.0) -> to
         if beta != 1.0 or free_bits > 0:
             raise ValueError(f"beta ({beta}) and free bits ({free_bits}) apply to the ELBO only, not to an importance-weighted bound")
         return -terms.elbo.mean()
-    if free_bits > 0 and terms.kl_per_dim is not None:
+    if free_bits > 0:
+        if terms.kl_per_dim is None:
+            raise ValueError("free bits need the per-dimension KL, which only K=1 with the normal prior has")
         # Free bits per latent dimension (Kingma et al. 2016): no pressure below the floor,
         # judged on the batch average so single examples can still go under it.
         kl = torch.clamp(terms.kl_per_dim.mean(0), min=free_bits).sum()
-    elif free_bits > 0:
-        if terms.latent_size is None:
-            raise ValueError("free bits without a per-dimension KL need Terms.latent_size")
-        # The KL is only known summed over dimensions here, so the floor is the same total:
-        # free_bits nats for each of the D dimensions.
-        kl = torch.clamp(terms.kl.mean(), min=free_bits * terms.latent_size)
     else:
         kl = terms.kl.mean()
     return -(terms.recon.mean() - beta * kl)

@@ -193,6 +193,15 @@ def _read_json(path: Path) -> Any:
         raise VaekitError(f"cannot read {path}: {exc}") from None
 
 
+def _without_absent_numbers(evaluation: dict) -> dict:
+    """The evaluation minus test numbers it does not give (null: bits/dim of a density);
+    its number_kind row says why."""
+    test = evaluation.get("test")
+    if not isinstance(test, dict):
+        return evaluation
+    return {**evaluation, "test": {k: v for k, v in test.items() if v is not None}}
+
+
 def _elbo_is_maximised(rows: list[dict[str, str]], prefix: str) -> bool:
     """Whether larger ``{prefix}_elbo`` is better.
 
@@ -363,7 +372,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     if eval_path.is_file():
         evaluation = _read_json(eval_path)
         if isinstance(evaluation, dict):
-            eval_html = _kv_table(evaluation)
+            eval_html = _kv_table(_without_absent_numbers(evaluation))
         else:
             eval_html = f"<pre>{_e(json.dumps(evaluation, indent=2, ensure_ascii=False))}</pre>"
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import random
@@ -11,7 +13,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -96,7 +98,7 @@ def train(
     created = resume is None and not run_dir.exists()
     try:
         return _train(config, run_dir, resume is not None, data, progress, device, ctx)
-    except (VaekitError, KeyboardInterrupt):
+    except (VaekitError, KeyboardInterrupt, OSError):
         # A run that failed before its first checkpoint is not a run: leave nothing that
         # `--resume` or a later `--out` would trip over.
         if created and ctx.is_master and not has_checkpoint(run_dir):
@@ -143,11 +145,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG)
 
-    net = model
-    if ctx.enabled:
-        # static_graph: with K=1 the mixture-logits head never gets a gradient, always the same set.
-        ddp = torch.nn.parallel.DistributedDataParallel(_TupleTerms(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
-        net = lambda x, iw_samples, estimator: Terms(*ddp(x, iw_samples=iw_samples, estimator=estimator))  # noqa: E731
+    net = data_parallel(model, device) if ctx.enabled else model
     log_weights = WeightHashLog(ctx.rank)
     from .tensorboard_log import open_logger  # tensorboard itself is imported only when asked for
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
@@ -440,10 +438,22 @@ def _refresh_pictures(run_dir: Path, model: VAE, data: DatasetSplits, device: to
     model.train()
 
 
+def data_parallel(model: VAE, device: torch.device) -> Callable[..., Terms]:
+    """model(x, iw_samples=S, estimator=E) through DistributedDataParallel, as Terms, for an initialised process group."""
+    # static_graph: with K=1 the mixture-logits head never gets a gradient, always the same set.
+    ddp = torch.nn.parallel.DistributedDataParallel(_TupleTerms(model), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    return functools.partial(_ddp_terms, ddp)
+
+
+def _ddp_terms(ddp: torch.nn.Module, x: torch.Tensor, iw_samples: int = 1, estimator: str = "marginal") -> Terms:
+    return Terms(*ddp(x, iw_samples=iw_samples, estimator=estimator))
+
+
 class _TupleTerms(torch.nn.Module):
     """What DDP wraps: the model's terms as a tuple. DDP cannot see the tensors inside the Terms
     dataclass; with the unused K=1 logits head it then skipped the gradient all-reduce without a
-    word (ranks drifted apart; the weight-hash test caught it). A tuple it can follow."""
+    word (ranks drifted apart; the weight-hash test caught it). A tuple it can follow: every
+    field in order, so the flags that choose the loss (importance_weighted) come back too."""
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
@@ -451,7 +461,7 @@ class _TupleTerms(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, iw_samples: int = 1, estimator: str = "marginal"):
         terms = self.model(x, iw_samples=iw_samples, estimator=estimator)
-        return terms.elbo, terms.recon, terms.kl, terms.kl_per_dim
+        return tuple(getattr(terms, f.name) for f in dataclasses.fields(terms))  # astuple would deep-copy the graph away
 
 
 class _SignalFlag:
