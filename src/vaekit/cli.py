@@ -165,6 +165,22 @@ def _evaluation_summary(result: dict) -> dict:
     return summary
 
 
+def cmd_compare(args) -> int:
+    from .checkpoint import atomic_write_text
+    from .compare import compare_runs, format_comparison
+
+    result = compare_runs(args.runs)
+    print(format_comparison(result))
+    if args.json:
+        import json
+
+        try:
+            atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise VaekitError(f"--json {args.json}: cannot write it ({exc.strerror}); pass a writable file path") from None
+    return 0
+
+
 def cmd_interpolate(args) -> int:
     from .interpolate import interpolate_run
 
@@ -182,7 +198,8 @@ def cmd_report(args) -> int:
 
 
 def _add_evaluation_commands(sub) -> None:
-    p = sub.add_parser("evaluate", help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json")
+    p = sub.add_parser("evaluate", help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json, "
+                                        "per-image NLLs and ELBOs into RUN/evaluation_per_image.npz")
     p.add_argument("run")
     p.add_argument("--nll-samples", type=int, default=1000, metavar="S", help="importance samples per image (default 1000; the literature uses 5000)")
     p.add_argument("--test-subset", type=int, metavar="N", help="evaluate only the first N test images")
@@ -197,6 +214,9 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plain", action="store_true", help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks first (pays a compile time once; wins on GPU)")
+    p = sub.add_parser("compare", help="mean test NLLs of evaluated runs, and each run's per-image NLL difference to the first, paired")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories `vaekit evaluate` has scored on the same test images")
+    p.add_argument("--json", metavar="FILE", help="also write the table to FILE")
     p = sub.add_parser("interpolate", help="decoded strips between posterior means of test images")
     p.add_argument("run")
     p.add_argument("--out", help="PNG file (default RUN/interpolations.png)")
@@ -232,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "evaluate": cmd_evaluate, "interpolate": cmd_interpolate, "report": cmd_report}
+            "evaluate": cmd_evaluate, "compare": cmd_compare, "interpolate": cmd_interpolate, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
