@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nll-samples", type=int, default=1000, help="importance samples per test image (default 1000; the literature uses 5000)")
     p.add_argument("--test-subset", type=int, help="evaluate only the first N test images")
     p.add_argument("--train-subset", type=int, help="train on the first N training images only (smoke tests: an epoch is the budget's unit)")
+    p.add_argument("--val-size", type=int, help="validation images held out of the 60,000 training images (default 5000; "
+                   "the literature trains on 50,000 and validates on 10,000: 10000)")
     p.add_argument("--full", action="store_true", help="all 8 combinations instead of the baseline and one change at a time")
     p.add_argument("--only", help="comma-separated combination names, e.g. normal-k1-elbo,vamp-k5-iwae")
     p.add_argument("--iw-samples", type=int, default=5, help="S of the IWAE objective, per component when K=5 (default 5)")
@@ -103,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--minutes must be positive, --nll-samples >= 1 and --iw-samples >= 2")
     if args.epochs not in (None, "fit") and not (args.epochs.isdigit() and int(args.epochs) > 0):
         p.error(f"--epochs must be a positive whole number or 'fit', got {args.epochs!r}")
+    if args.val_size is not None and not 0 < args.val_size < 60_000:
+        p.error(f"--val-size must be between 1 and 59999 of Fashion-MNIST's 60000 training images, got {args.val_size}")
     return args
 
 
@@ -150,7 +154,7 @@ def train_size(data, subset: int | None) -> int:
 def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
     model = ModelConfig(latent_size=args.latent_size, width=args.width, components=combo["components"], prior=combo["prior"],
                         prior_components=args.pseudo_inputs, image_size=28)
-    data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, binarize=True)
+    data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, val_size=args.val_size, binarize=True)
     # Without --epochs, epochs is only a ceiling: the time budget decides when each run stops.
     train_cfg = TrainConfig(epochs=int(args.epochs) if args.epochs and args.epochs != "fit" else 100_000, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                             seed=args.seed, device=args.device,
@@ -266,7 +270,7 @@ def main(argv=None) -> int:
             continue
         if wanted is not None and combo["name"] not in wanted:
             continue
-        data = data or load_dataset("fashion-mnist", args.data_dir)
+        data = data or load_dataset("fashion-mnist", args.data_dir, val_size=args.val_size)
         print(f"{combo['name']}: training for {args.minutes:g} minutes", file=sys.stderr)
         row = run_combination(combo, data, args, results)
         row["settings"] = {k: v for k, v in vars(args).items() if k not in ("only", "results")}

@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,6 +17,7 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms
+from vaekit.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
 from vaekit.train import train
 
 
@@ -132,6 +134,29 @@ def test_evaluate_run_writes_a_reproducible_record(tiny_run, tmp_path):
     assert settings["binarize_seed"] == EVAL_BINARIZE_SEED and settings["vaekit_version"]
     assert "binarised once" in saved["number_kind"]
     assert (run / "latent_scatter.png").is_file() and (run / "component_usage.png").is_file()
+
+
+def test_evaluate_run_saves_per_image_numbers_and_the_protocol(tiny_run):
+    run, data = tiny_run
+    result = evaluate_run(run, samples=8, test_subset=12, batch_size=5, data=data, quality=False, progress=False, seed=3)
+    with np.load(run / PER_IMAGE_FILE, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert set(arrays) == {"index", "nll", "elbo"} and arrays["index"].tolist() == list(range(12))
+    assert arrays["nll"].dtype == np.float64 and arrays["elbo"].shape == (12,)
+    assert arrays["nll"].mean() == pytest.approx(result["test"]["nll"]["mean"])
+    assert arrays["elbo"].mean() == pytest.approx(result["test"]["elbo"]["mean"])
+    assert arrays["nll"].std(ddof=1) / math.sqrt(12) == pytest.approx(result["test"]["nll"]["stderr"])
+    settings = json.loads((run / "evaluation.json").read_text())["settings"]
+    assert settings["test_selection"] == f"first 12 of {len(data.test)}" and settings["test_set_size"] == len(data.test)
+    assert settings["test_indices_sha256"] == indices_sha256(np.arange(12))
+    assert settings["nll_samples"] == 8 and settings["sampling_seed"] == 3 and settings["checkpoint"] == "best"
+    assert settings["binarize_seed"] == EVAL_BINARIZE_SEED and settings["dataset"] == "blobs"
+    record = json.loads((run / "evaluation.json").read_text())["per_image"]
+    assert record["file"] == PER_IMAGE_FILE and set(record["arrays"]) == {"index", "nll", "elbo"}
+    assert record["arrays_sha256"] == arrays_sha256(read_per_image(run / PER_IMAGE_FILE))
+    evaluate_run(run, samples=8, data=data, quality=False, progress=False)
+    assert json.loads((run / "evaluation.json").read_text())["settings"]["test_selection"] == f"all {len(data.test)}"
+    assert len(read_per_image(run / PER_IMAGE_FILE).index) == len(data.test)
 
 
 def test_evaluate_run_reads_the_checkpoint_asked_for(tiny_run, tmp_path):

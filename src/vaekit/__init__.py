@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from . import runs
 
         return getattr(runs, name)
+    if name == "compare_runs":
+        from .compare import compare_runs
+
+        return compare_runs
     if name == "load_dataset":
         from .data import load_dataset
 
@@ -24,4 +28,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["VAE", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "VaekitError", "train", "load_run", "load_dataset", "__version__"]
+__all__ = ["VAE", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "VaekitError", "train", "load_run", "load_dataset", "compare_runs", "__version__"]

@@ -45,6 +45,8 @@ def _add_train(sub) -> None:
                         "SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from the whole "
                         "mixture with gradients to the weights (one pass per sample)")
     p.add_argument("--train-subset", type=int, help="use only the first N training images")
+    p.add_argument("--val-size", type=int, metavar="N", help="validation images held out of the training set "
+                   "(default: the dataset's, 5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)")
     p.add_argument("--grey", action="store_true", help="train on grey levels instead of dynamically binarised pixels")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
@@ -66,7 +68,8 @@ def _config_from_args(args) -> "RunConfig":
         logistic_mixtures=args.logistic_mixtures, gaussian_variance=args.gaussian_variance,
         image_size=args.image_size or 28,
     )
-    data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, train_subset=args.train_subset, binarize=not args.grey)
+    data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, train_subset=args.train_subset, val_size=args.val_size,
+                      binarize=not args.grey)
     train = TrainConfig(
         epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
         beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples, mixture_estimator=args.mixture_estimator,
@@ -125,7 +128,8 @@ def cmd_reconstruct(args) -> int:
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
     run = load_run(args.run)
-    data = load_dataset(run.config.data.dataset, run.config.data.data_dir, image_size=_data_image_size(run.config))
+    data = load_dataset(run.config.data.dataset, run.config.data.data_dir, image_size=_data_image_size(run.config),
+                        val_size=run.config.data.val_size)
     x = data.test.images[: args.n].float().div(255)
     out = Path(args.out or run.path / "reconstructions.png")
     save_reconstructions(run.model.crop(x), run.model.reconstruct(x), out)
@@ -167,6 +171,22 @@ def _evaluation_summary(result: dict) -> dict:
     return summary
 
 
+def cmd_compare(args) -> int:
+    from .checkpoint import atomic_write_text
+    from .compare import compare_runs, format_comparison
+
+    result = compare_runs(args.runs)
+    print(format_comparison(result))
+    if args.json:
+        import json
+
+        try:
+            atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise VaekitError(f"--json {args.json}: cannot write it ({exc.strerror}); pass a writable file path") from None
+    return 0
+
+
 def cmd_interpolate(args) -> int:
     from .interpolate import interpolate_run
 
@@ -184,7 +204,8 @@ def cmd_report(args) -> int:
 
 
 def _add_evaluation_commands(sub) -> None:
-    p = sub.add_parser("evaluate", help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json")
+    p = sub.add_parser("evaluate", help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json, "
+                                        "per-image NLLs and ELBOs into RUN/evaluation_per_image.npz")
     p.add_argument("run")
     p.add_argument("--nll-samples", type=int, default=1000, metavar="S", help="importance samples per image (default 1000; the literature uses 5000)")
     p.add_argument("--test-subset", type=int, metavar="N", help="evaluate only the first N test images")
@@ -199,6 +220,9 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plain", action="store_true", help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks first (pays a compile time once; wins on GPU)")
+    p = sub.add_parser("compare", help="mean test NLLs of evaluated runs, and each run's per-image NLL difference to the first, paired")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories `vaekit evaluate` has scored on the same test images")
+    p.add_argument("--json", metavar="FILE", help="also write the table to FILE")
     p = sub.add_parser("interpolate", help="decoded strips between posterior means of test images")
     p.add_argument("run")
     p.add_argument("--out", help="PNG file (default RUN/interpolations.png)")
@@ -244,7 +268,7 @@ def os_error_message(exc: OSError) -> str:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "evaluate": cmd_evaluate, "interpolate": cmd_interpolate, "report": cmd_report}
+            "evaluate": cmd_evaluate, "compare": cmd_compare, "interpolate": cmd_interpolate, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,10 +88,14 @@ def evaluate_model(
     progress: bool = True,
     fast: bool = False,
     compile: bool = False,
+    keep_per_image: bool = False,
 ) -> dict:
     """Per-image means and standard errors of ELBO, recon, KL, NLL and bits/dim on `images`.
 
     bits_per_dim is None where the NLL is not the log-probability of discrete data (see number_kind).
+
+    With `keep_per_image` the result also holds "per_image": {"nll": ..., "elbo": ...}, float64
+    numpy arrays in the order of `images` (for paired comparisons; not JSON).
 
     `fast` evaluates a BatchNorm-folded channels_last copy (speed.inference_model: the same
     numbers to float rounding, about 1.2-1.9x faster on CPU); `compile` also torch.compiles it.
@@ -156,6 +160,8 @@ def evaluate_model(
             "entropy_of_mean_weights": float(-(mean_w * mean_w.clamp_min(1e-300).log()).sum()),
             "max_entropy": math.log(cfg.components),
         }
+    if keep_per_image:
+        result["per_image"] = {"nll": values["nll"].numpy(), "elbo": values["elbo"].numpy()}
     return result
 
 
@@ -211,7 +217,8 @@ def evaluate_run(
     compile: bool = False,
     checkpoint: str = "best",
 ) -> dict:
-    """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict.
+    """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict,
+    and the per-image NLLs and ELBOs to RUN/evaluation_per_image.npz (see per_image.py).
 
     `checkpoint` is "best" (the best validation epoch; the latest where none was kept) or "latest"
     (the last weights saved, e.g. where a time budget ended the run mid-epoch, as quality.py reads them).
@@ -224,9 +231,12 @@ def evaluate_run(
     import time
     from pathlib import Path
 
+    import numpy as np
+
     from . import __version__
-    from .checkpoint import atomic_write_text
+    from .checkpoint import atomic_write_bytes, atomic_write_text
     from .errors import VaekitError
+    from .per_image import ARRAYS, PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
     from .runs import load_run
 
     if samples < 1:
@@ -241,13 +251,20 @@ def evaluate_run(
     data = data or _load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
-    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress, fast=fast, compile=compile)
+    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress, fast=fast, compile=compile,
+                            keep_per_image=True)
     seconds = {"bounds_and_nll": time.perf_counter() - started}
+    values = result.pop("per_image")
+    per_image = PerImage(index=np.arange(len(images), dtype=np.int64),  # the first N of the test split
+                         elbo=values["elbo"], nll=values.get("nll"))
     out = {
         "settings": {
             "nll_samples": samples,
             "test_subset": test_subset,
             "test_images": len(images),
+            "test_set_size": len(data.test),
+            "test_selection": f"first {len(images)} of {len(data.test)}" if len(images) < len(data.test) else f"all {len(images)}",
+            "test_indices_sha256": indices_sha256(per_image.index),
             "binarized": run.config.data.binarize,
             "binarize_seed": EVAL_BINARIZE_SEED if run.config.data.binarize else None,
             "sampling_seed": seed,
@@ -263,6 +280,11 @@ def evaluate_run(
             "network_path": ("compiled, " if compile else "") + ("BatchNorm folded, channels_last" if fast or compile else "plain eval mode"),
         },
         **result,
+        "per_image": {
+            "file": PER_IMAGE_FILE,
+            "arrays_sha256": arrays_sha256(per_image),
+            "arrays": {k: ARRAYS[k] for k in ("index", *values)},
+        },
     }
     if quality:
         started = time.perf_counter()
@@ -270,6 +292,9 @@ def evaluate_run(
         seconds["sample_quality"] = time.perf_counter() - started
     out["seconds"] = seconds
     text = json.dumps(out, indent=2) + "\n"
+    # The per-image file first: evaluation.json names its hash, so an interruption between the
+    # two writes leaves a pair that `vaekit compare` refuses rather than mismatches.
+    atomic_write_bytes(Path(run.path) / PER_IMAGE_FILE, per_image_bytes(per_image))
     atomic_write_text(Path(run.path) / "evaluation.json", text)
     if json_path:
         atomic_write_text(Path(json_path), text)
@@ -281,7 +306,8 @@ def _load_run_data(config):
     from .data import load_dataset
 
     name = config.data.dataset
-    return load_dataset(name, config.data.data_dir, image_size=None if name in ("fashion-mnist", "mnist") else config.model.image_size)
+    return load_dataset(name, config.data.data_dir, image_size=None if name in ("fashion-mnist", "mnist") else config.model.image_size,
+                        val_size=config.data.val_size)
 
 
 def _quality_or_reason(model, data, n: int, seed: int, spec, progress: bool) -> dict:

@@ -120,7 +120,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     if not fresh and not has_checkpoint(run_dir):
         raise VaekitError(f"{run_dir} has no checkpoint to resume from; start it again with `vaekit train --out {run_dir}` after removing it")
 
-    data = data or load_dataset(config.data.dataset, config.data.data_dir, image_size=None if config.data.dataset in ("fashion-mnist", "mnist") else config.model.image_size)
+    data = data or load_dataset(config.data.dataset, config.data.data_dir, image_size=None if config.data.dataset in ("fashion-mnist", "mnist") else config.model.image_size,
+                                val_size=config.data.val_size)
     config.model.image_size, config.model.channels = data.image_size, data.channels
     train_images = data.train.images[: config.data.train_subset] if config.data.train_subset else data.train.images
     if t.batch_size % ctx.world_size:

@@ -114,24 +114,46 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return y.numpy()
 
 
-def random_split(n: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Deterministic 80/10/10 split of range(n) (at least one item in each part), indices sorted."""
+def check_val_size(val_size: int | None) -> None:
+    if val_size is not None and (type(val_size) is not int or val_size <= 0):
+        raise VaekitError(f"--val-size must be a positive integer, got {val_size}")
+
+
+def split_off_validation(n: int, val_size: int | None, default: int, what: str) -> int:
+    """How many of `what`'s `n` training images stay for training once `val_size` (None:
+    `default`) are held out for validation."""
+    check_val_size(val_size)
+    n_val = default if val_size is None else val_size
+    if n_val >= n:
+        if val_size is None:
+            raise VaekitError(f"{what}: only {n} training images, need more than {n_val} for the "
+                              f"validation split; re-download it")
+        raise VaekitError(f"--val-size {n_val} leaves no training images: {what} has {n} images to split "
+                          f"between training and validation; use a --val-size below {n}")
+    return n - n_val
+
+
+def random_split(n: int, seed: int, what: str, val_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic split of range(n), indices sorted: 80/10/10 (at least one item in each
+    part), or `val_size` validation items with the test part unchanged: it is the permutation's
+    tail, so the test set does not depend on the validation size."""
     if n < 3:
         raise VaekitError(f"{what} has only {n} image(s); at least 3 are needed for train/val/test splits")
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, n // 10)
     n_test = max(1, n // 10)
-    n_train = n - n_val - n_test
+    n_train = split_off_validation(n - n_test, val_size, max(1, n // 10), what)
+    n_val = n - n_test - n_train
     return (np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val]),
             np.sort(perm[n_train + n_val:]))
 
 
 def make_splits(name: str, images: np.ndarray, labels: np.ndarray | None, *, image_size: int,
                 channels: int, class_names: list[str] | None, checksum: str, source: str,
-                seed: int) -> DatasetSplits:
-    """images: uint8 (N, C, image_size, image_size) -> 80/10/10 DatasetSplits padded as needed."""
+                seed: int, val_size: int | None = None) -> DatasetSplits:
+    """images: uint8 (N, C, image_size, image_size) -> 80/10/10 DatasetSplits padded as needed
+    (`val_size` validation images instead of a tenth, see random_split)."""
     padded = padded_size_for(image_size)
-    parts = random_split(len(images), seed, name)
+    parts = random_split(len(images), seed, name, val_size)
 
     def subset(idx: np.ndarray) -> ImageSet:
         lab = None if labels is None else torch.from_numpy(labels[idx].astype(np.int64))
@@ -186,7 +208,8 @@ def _fit_square(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def load_folder(path: str, image_size: int | None, channels: int | None, seed: int) -> DatasetSplits:
+def load_folder(path: str, image_size: int | None, channels: int | None, seed: int,
+                val_size: int | None = None) -> DatasetSplits:
     from PIL import Image
 
     root = Path(os.path.expanduser(path))
@@ -262,7 +285,7 @@ def load_folder(path: str, image_size: int | None, channels: int | None, seed: i
     lab = np.asarray(labels, dtype=np.int64) if class_names is not None else None
     return make_splits(f"folder:{path}", images, lab, image_size=size, channels=channels,
                        class_names=class_names, checksum=digest.hexdigest(), source=str(root.resolve()),
-                       seed=seed)
+                       seed=seed, val_size=val_size)
 
 
 # --------------------------------------------------------------------------- npz:PATH
@@ -289,7 +312,8 @@ def _to_nchw(arr: np.ndarray, path: str) -> np.ndarray:
     return arr
 
 
-def load_npz(path: str, image_size: int | None, channels: int | None, seed: int) -> DatasetSplits:
+def load_npz(path: str, image_size: int | None, channels: int | None, seed: int,
+             val_size: int | None = None) -> DatasetSplits:
     p = Path(os.path.expanduser(path))
     if not path or not p.is_file():
         raise VaekitError(f"npz file {path!r} does not exist; pass an existing .npz file as npz:PATH")
@@ -333,12 +357,12 @@ def load_npz(path: str, image_size: int | None, channels: int | None, seed: int)
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
     return make_splits(f"npz:{path}", images, labels, image_size=size, channels=channels or c,
                        class_names=class_names, checksum=hashlib.sha256(raw).hexdigest(),
-                       source=str(p.resolve()), seed=seed)
+                       source=str(p.resolve()), seed=seed, val_size=val_size)
 
 
 # --------------------------------------------------------------------------- digits
 
-def load_digits(image_size: int | None, channels: int | None, seed: int) -> DatasetSplits:
+def load_digits(image_size: int | None, channels: int | None, seed: int, val_size: int | None = None) -> DatasetSplits:
     check_channels(channels)
     size = check_image_size(image_size)
     try:
@@ -356,7 +380,7 @@ def load_digits(image_size: int | None, channels: int | None, seed: int) -> Data
     images = to_channels(images, channels or 1)
     return make_splits("digits", images, labels, image_size=size, channels=channels or 1,
                        class_names=[str(i) for i in range(10)], checksum=digest,
-                       source="sklearn.datasets.load_digits", seed=seed)
+                       source="sklearn.datasets.load_digits", seed=seed, val_size=val_size)
 
 
 # --------------------------------------------------------------------------- cifar10
@@ -365,7 +389,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def load_cifar10(data_dir: str | None, image_size: int | None, channels: int | None,
-                 download: bool) -> DatasetSplits:
+                 download: bool, val_size: int | None = None) -> DatasetSplits:
     check_channels(channels)
     size = check_image_size(image_size)
     try:
@@ -392,8 +416,7 @@ def load_cifar10(data_dir: str | None, image_size: int | None, channels: int | N
     tr_x = to_channels(resize_images(tr_x, size), ch)
     te_x = to_channels(resize_images(te_x, size), ch)
     padded = padded_size_for(size)
-    n_val = 5000
-    n_train = len(tr_x) - n_val
+    n_train = split_off_validation(len(tr_x), val_size, 5000, "cifar10")
 
     def subset(x: np.ndarray, y: np.ndarray) -> ImageSet:
         return ImageSet(pad_images(x, padded), torch.from_numpy(np.array(y, dtype=np.int64)))

@@ -22,7 +22,7 @@ DATASET_NAMES = ["fashion-mnist", "mnist", "digits", "cifar10", "folder:PATH", "
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-VAL_SIZE = 5000
+VAL_SIZE = 5000  # the last images of the training file, unless --val-size says otherwise
 
 IDX_DATASETS = {
     "fashion-mnist": {
@@ -132,8 +132,9 @@ def _fetch(name: str, searched: list[Path]) -> list[Path]:
 # --------------------------------------------------------------------------- loading
 
 def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
-                     channels: int | None = None, download: bool = True) -> DatasetSplits:
+                     channels: int | None = None, download: bool = True, val_size: int | None = None) -> DatasetSplits:
     spec = IDX_DATASETS[name]
+    _img.check_val_size(val_size)
     if image_size not in (None, 28, 32):
         raise VaekitError(f"{name} images are 28x28 (zero-padded to 32); image size {image_size} is not "
                           f"supported for it, use 28 or 32")
@@ -167,11 +168,8 @@ def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | N
                               f"images; the label and image files do not belong together, re-download them")
         if y.max() > 9:
             raise VaekitError(f"{p}: label {int(y.max())} out of range 0..9; re-download it")
-    if len(tr_x) <= VAL_SIZE:
-        raise VaekitError(f"{files[0]}: only {len(tr_x)} training images, need more than {VAL_SIZE} for the "
-                          f"validation split; re-download it")
+    n_train = _img.split_off_validation(len(tr_x), val_size, VAL_SIZE, str(files[0]))
     ch = channels or 1
-    n_train = len(tr_x) - VAL_SIZE
 
     def subset(x: np.ndarray, y: np.ndarray) -> ImageSet:
         imgs = _img.to_channels(x[:, None], ch)
@@ -184,21 +182,27 @@ def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | N
 
 
 def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
-                 channels: int | None = None, download: bool = True, seed: int = 0) -> DatasetSplits:
-    """Load a dataset by name: fashion-mnist (default), mnist, digits, cifar10, folder:PATH or npz:PATH."""
+                 channels: int | None = None, download: bool = True, seed: int = 0,
+                 val_size: int | None = None) -> DatasetSplits:
+    """Load a dataset by name: fashion-mnist (default), mnist, digits, cifar10, folder:PATH or npz:PATH.
+
+    `val_size` validation images are held out of the training images (None: the dataset's
+    default, 5,000 of Fashion-MNIST's 60,000; a tenth of folder, npz and digits data); the
+    test set is the same whatever it is.
+    """
     name = (name or "fashion-mnist").strip()
     lower = name.lower()
     if lower.startswith("folder:"):
-        return _img.load_folder(name[len("folder:"):], image_size, channels, seed)
+        return _img.load_folder(name[len("folder:"):], image_size, channels, seed, val_size)
     if lower.startswith("npz:"):
-        return _img.load_npz(name[len("npz:"):], image_size, channels, seed)
+        return _img.load_npz(name[len("npz:"):], image_size, channels, seed, val_size)
     key = lower.replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist"):
-        return load_idx_dataset("fashion-mnist", data_dir, image_size, channels, download)
+        return load_idx_dataset("fashion-mnist", data_dir, image_size, channels, download, val_size)
     if key == "mnist":
-        return load_idx_dataset("mnist", data_dir, image_size, channels, download)
+        return load_idx_dataset("mnist", data_dir, image_size, channels, download, val_size)
     if key == "digits":
-        return _img.load_digits(image_size, channels, seed)
+        return _img.load_digits(image_size, channels, seed, val_size)
     if key in ("cifar10", "cifar-10"):
-        return _img.load_cifar10(data_dir, image_size, channels, download)
+        return _img.load_cifar10(data_dir, image_size, channels, download, val_size)
     raise VaekitError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")
