@@ -3,13 +3,15 @@
     python benchmarks/throughput.py                 # full run (a few minutes on 2 cores)
     python benchmarks/throughput.py --quick         # smoke run (~1 minute)
     python benchmarks/throughput.py --repeats 5 --threads 2 --compile --device cuda
+    python benchmarks/throughput.py --only "vaekit K=1" "vaekit K=5 pathwise" "vaekit K=20 pathwise"
 
 Measures, with median and min/max over --repeats:
   ceiling     fp32 matrix product through torch (GFLOP/s)
   naive       a plain eager NCHW training loop of the same network, written below (K=1, K=5;
               K=5 decodes each mixture component in its own decoder call, as a first attempt would)
   vaekit      vaekit.train.train itself on Fashion-MNIST (batching and binarisation included):
-              images/s from the run's metrics (each epoch after the first is one repeat)
+              images/s from the run's metrics (each epoch after the first is one repeat);
+              K=5 and K=20 with --mixture-estimator pathwise, one decoder pass per image
   inference   encode+decode (posterior mean) of the plain eval model and of speed.inference_model
   nll         importance-sampled log-likelihood (evaluate.log_likelihood_estimate) in samples/s
   data        make_batch against the whole step; finite checks + grad norm against the step
@@ -161,12 +163,12 @@ def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, devic
 
 # --------------------------------------------------------------------------- vaekit's own training
 
-def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.device) -> dict:
+def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.device, estimator: str = "marginal") -> dict:
     """vaekit.train.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
     config = RunConfig(
         ModelConfig(latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels),
         DataConfig(dataset=data.name, train_subset=batches * BATCH),
-        TrainConfig(epochs=1 + repeats, batch_size=BATCH, device=device.type),
+        TrainConfig(epochs=1 + repeats, batch_size=BATCH, device=device.type, mixture_estimator=estimator),
     )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -184,7 +186,7 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
 
     def step():
         x = make_batch(images, index, True, memory_format)
-        loss = training_loss(model(x))
+        loss = training_loss(model(x, estimator=estimator))
         loss.backward()
 
     flops = count_flops(step) / BATCH
@@ -201,7 +203,7 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     step()
     ctx, every = DistContext(), check_every(device, False)
     step_checks = StepChecks(every, device)
-    terms = model(make_batch(images, index, True, memory_format))
+    terms = model(make_batch(images, index, True, memory_format), estimator=estimator)
 
     def checks():
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
@@ -269,7 +271,7 @@ def nll(model, x: torch.Tensor, samples: int, repeats: int, device: torch.device
 
 # --------------------------------------------------------------------------- main
 
-ROWS = ("naive K=1", "vaekit K=1", "naive K=5", "vaekit K=5", "inference")
+ROWS = ("naive K=1", "vaekit K=1", "naive K=5", "vaekit K=5", "vaekit K=5 pathwise", "vaekit K=20 pathwise", "inference")
 
 
 def measure_row(row: str, args: argparse.Namespace) -> dict:
@@ -278,9 +280,10 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
     set_threads(args.threads)
     big = device.type == "cuda"
     steps = {1: 2, 5: 2} if args.quick else {1: 12, 5: 4}  # naive steps per repeat: about 2-4 s each
-    batches = {1: 3 if args.quick else 24, 5: 2 if args.quick else 8}  # an epoch of a few seconds: its first step does not dominate
+    # An epoch of a few seconds, so its first step does not dominate; pathwise rows cost about a K=1 step.
+    batches = {1: 3 if args.quick else 24, 5: 2 if args.quick else 8, "pathwise": 3 if args.quick else 24}
     if big:
-        batches = {1: 50, 5: 20}
+        batches = {1: 50, 5: 20, "pathwise": 50}
         steps = {1: 20, 5: 20}
     data = load_dataset("fashion-mnist")
     # Small validation and test sets: the per-epoch validation and pictures stay cheap (and untimed).
@@ -295,10 +298,13 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
         out = {"inference": inference(model, x_eval, args.repeats, device, args.compile),
                "nll": {**nll(model, x_eval[:256], samples, args.repeats, device), "samples": samples}}
     else:
-        kind, k = row.split(" K=")
+        kind, rest = row.split(" K=")
+        k, _, estimator = rest.partition(" ")
         k = int(k)
         if kind == "naive":
             out = naive_training(data.train.images.to(device), k, steps[k], args.repeats, device)
+        elif estimator:
+            out = vaekit_training(data, k, batches[estimator], args.repeats, device, estimator)
         else:
             out = vaekit_training(data, k, batches[k], args.repeats, device)
     out["ceiling_gflops"] = summary(before + matmul_ceiling(device, args.repeats)["values"])
@@ -323,6 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile for inference (pays the compile time)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: measure one row, print its JSON
+    p.add_argument("--only", nargs="+", choices=ROWS, metavar="ROW", help=f"measure only these rows, of: {', '.join(ROWS)}")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = p.parse_args(argv)
     if args.row:
@@ -338,7 +345,7 @@ def main(argv=None) -> int:
     results["ceiling_gflops"] = matmul_ceiling(device, args.repeats)
     results["training"] = {}
     peak_cuda = []
-    for row in ROWS:
+    for row in args.only or ROWS:
         print(f"{row} ...", file=sys.stderr)
         measured = run_row_in_child(row, args)
         peak_cuda.append(measured.pop("peak_cuda_mib", 0.0))
@@ -382,18 +389,27 @@ def print_table(r: dict) -> None:
             print(f"{label:38s} {c['median']:.1f} [{c['min']:.1f}-{c['max']:.1f}]{'':>4s} {'GFLOP/s':>10s}")
     for name, t in r["training"].items():
         row(f"train {name}", t["images_per_s"], "img/s", t["flop_per_image"], t["ceiling_gflops"])
+    share = lambda t: t["images_per_s"]["median"] * t["flop_per_image"] / t["ceiling_gflops"]["median"]  # noqa: E731
+    rate = lambda t: t["images_per_s"]["median"] / t["ceiling_gflops"]["median"]  # images per GFLOP/s of ceiling  # noqa: E731
     for k in (1, 5):
+        if f"vaekit K={k}" not in r["training"] or f"naive K={k}" not in r["training"]:
+            continue
         v, n = r["training"][f"vaekit K={k}"], r["training"][f"naive K={k}"]
-        share = lambda t: t["images_per_s"]["median"] * t["flop_per_image"] / t["ceiling_gflops"]["median"]  # noqa: E731
         print(f"  vaekit K={k}: {v['images_per_s']['median'] / n['images_per_s']['median']:.2f}x naive "
               f"({share(v) / share(n):.2f}x in shares of each row's ceiling); "
               f"make_batch {v['make_batch_s'] * 1e3:.2f} ms = {v['data_share']:.1%} of a step; "
               f"finite checks + grad norm {v['checks_s'] * 1e3:.2f} ms = {v['checks_share']:.1%}")
-    for name, t in r["inference"].items():
+    base = r["training"].get("vaekit K=1")
+    for name in ("vaekit K=5", "vaekit K=5 pathwise", "vaekit K=20 pathwise"):
+        if base and name in r["training"]:
+            t = r["training"][name]
+            print(f"  {name}: a step costs {base['images_per_s']['median'] / t['images_per_s']['median']:.2f}x a K=1 step "
+                  f"({rate(base) / rate(t):.2f}x with each row's rate over its own ceiling)")
+    for name, t in r.get("inference", {}).items():
         row(f"encode+decode {name}", t["images_per_s"], "img/s", t["flop_per_image"], t["ceiling_gflops"])
         if "compile_s" in t:
             print(f"  (compile {t['compile_s']:.0f} s)")
-    for name, t in r["nll"].items():
+    for name, t in r.get("nll", {}).items():
         if isinstance(t, dict):
             row(f"NLL S={r['nll']['samples']} {name}", t["samples_per_s"], "samples/s", t["flop_per_sample"], t["ceiling_gflops"])
     print(f"peak resident memory {r['peak_rss_mib']:.0f} MiB; wall {r['wall_s']:.0f} s")

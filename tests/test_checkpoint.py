@@ -184,8 +184,8 @@ def _poison(monkeypatch, from_call: int, how: str) -> list[bool]:
     real = VAE.forward
     calls, anomaly_seen = [0], []
 
-    def forward(self, x, x_target=None, iw_samples=1):
-        terms = real(self, x, x_target, iw_samples)
+    def forward(self, x, x_target=None, iw_samples=1, estimator="marginal"):
+        terms = real(self, x, x_target, iw_samples, estimator)
         if not self.training:
             return terms
         calls[0] += 1

@@ -161,7 +161,7 @@ def evaluate_model(
             "max_entropy": math.log(cfg.components),
         }
     if keep_per_image:
-        result["per_image"] = {"nll": values["nll"].numpy(), "elbo": values["elbo"].numpy()}
+        result["per_image"] = {"nll": nll.numpy(), "elbo": values["elbo"].numpy()}
     return result
 
 
