@@ -137,7 +137,7 @@ class MixtureOfGaussians(Distribution):
         before = torch.cat([zero, torch.cumsum(log_phi[..., :-1], -1)], -1)  # sum_{e<d} log phi_k,e: (..., K, D)
         after = torch.cat([torch.cumsum(log_phi[..., 1:].flip(-1), -1).flip(-1), zero], -1)  # sum_{e>d}
         # Pairs (a, l) as (..., K, K, D): rows a are the logit's component, columns l the others.
-        sign, log_gap = _cdf_difference(u[..., :, None, :], u[..., None, :, :])  # Phi_l - Phi_a at z_d
+        sign, log_gap = _cdf_difference(u)  # Phi_l - Phi_a at z_d
         paths = torch.logaddexp(before[..., None, :, :] + after[..., :, None, :],  # prod_{e<d} phi_l, prod_{e>d} phi_a
                                 before[..., :, None, :] + after[..., None, :, :]) - math.log(2)  # and the reverse order
         log_pair = log_w[..., :, None, None] + log_w[..., None, :, None] - log_q[..., None, None]  # (..., K, K, 1)
@@ -165,12 +165,16 @@ class MixtureOfGaussians(Distribution):
         return -(self.weights * self.log_weights).sum(-1)
 
 
-def _cdf_difference(u_a: torch.Tensor, u_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sign and log|Phi(u_l) - Phi(u_a)|, from whichever tail keeps the digits: the upper tail
-    Phi(-u) where both are large, so two CDFs that both round to 1 still differ."""
+def _cdf_difference(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For standardised values u (..., K, D): sign and log|Phi(u_l) - Phi(u_a)| for every pair,
+    (..., K_a, K_l, D), from whichever tail keeps the digits: the upper tail Phi(-u) where both
+    are large, so two CDFs that both round to 1 still differ. The log-CDFs are computed once per
+    component, not per pair: they are most of the cost."""
+    log_cdf, log_sf = torch.special.log_ndtr(u), torch.special.log_ndtr(-u)  # (..., K, D)
+    u_a, u_l = u[..., :, None, :], u[..., None, :, :]
     upper = (u_a + u_l) > 0
-    lo = torch.special.log_ndtr(torch.where(upper, -u_a, u_l))
-    hi = torch.special.log_ndtr(torch.where(upper, -u_l, u_a))
+    lo = torch.where(upper, log_sf[..., :, None, :], log_cdf[..., None, :, :])  # Phi(-u_a) or Phi(u_l)
+    hi = torch.where(upper, log_sf[..., None, :, :], log_cdf[..., :, None, :])  # Phi(-u_l) or Phi(u_a)
     big, small = torch.maximum(lo, hi), torch.minimum(lo, hi)
     log_gap = big + torch.log(-torch.expm1(small - big))  # -inf where they are equal
     return torch.sign(u_l - u_a), log_gap
