@@ -51,11 +51,13 @@ def parameter_groups(model: VAE) -> dict[str, list[torch.nn.Parameter]]:
     }
 
 
-def gradient_draws(model: VAE, x: torch.Tensor, estimator: str, draws: int) -> tuple[dict[str, torch.Tensor], float]:
-    """(draws, P) gradients per group, and seconds per gradient. Train mode, as training sees it."""
+def gradient_draws(model: VAE, x: torch.Tensor, estimator: str, draws: int, train_mode: bool = True) -> tuple[dict[str, torch.Tensor], float]:
+    """(draws, P) gradients per group, and seconds per gradient. In train mode, as training sees
+    them, the decoder's BatchNorm normalises over B*K latents for `marginal` and B for `pathwise`,
+    so the two estimate the gradients of slightly different functions; in eval mode the same."""
     groups = parameter_groups(model)
     out: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
-    model.train()
+    model.train(train_mode)
     started = time.perf_counter()
     for r in range(draws):
         torch.manual_seed(r)
@@ -81,10 +83,10 @@ def bias_z(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.quantile(z, 0.99)) if z.numel() else 0.0
 
 
-def estimator_table(model: VAE, x: torch.Tensor, draws: int) -> dict:
+def estimator_table(model: VAE, x: torch.Tensor, draws: int, train_mode: bool) -> dict:
     table, grads = {}, {}
     for estimator in ("marginal", "pathwise"):
-        grads[estimator], seconds = gradient_draws(model, x, estimator, draws)
+        grads[estimator], seconds = gradient_draws(model, x, estimator, draws, train_mode)
         table[estimator] = {"seconds_per_gradient": seconds, **{g: summarise(grads[estimator][g]) for g in GROUPS}}
     table["bias_z_p99"] = {g: bias_z(grads["marginal"][g], grads["pathwise"][g]) for g in GROUPS}
     with torch.no_grad():
@@ -158,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--draws", type=int, default=30)
     p.add_argument("--rsample-only", action="store_true")
+    p.add_argument("--eval-mode", action="store_true", help="BatchNorm with running statistics: both estimators see the same function")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "mixture_gradients.json"))
     args = p.parse_args(argv)
     result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
             result["model"] = f"fresh K={args.components} width {args.width}"
         data = load_dataset("fashion-mnist")
         x = binarize_fixed(data.train.images[: args.batch], 0)
-        result["estimators"] = estimator_table(model, x, args.draws)
+        result["estimators"] = estimator_table(model, x, args.draws, train_mode=not args.eval_mode)
+        result["mode"] = "eval" if args.eval_mode else "train"
         result["draws"], result["batch"] = args.draws, args.batch
     result["rsample"] = rsample_table(20)
     print_tables(result)
@@ -185,7 +189,7 @@ def main(argv=None) -> int:
 def print_tables(r: dict) -> None:
     if "estimators" in r:
         e = r["estimators"]
-        print(f"\ngradient noise on one batch of {r['batch']}, {r['draws']} draws, {r['model']}; "
+        print(f"\ngradient noise on one batch of {r['batch']}, {r['draws']} draws, {r['model']}, {r['mode']} mode; "
               f"mean weights {e['weights']['mean']} ({e['weights']['effective']:.2f} effective)")
         print(f"{'estimator':10s} {'group':15s} {'|mean|^2':>11s} {'tr cov':>11s} {'noise/signal':>13s} {'s/grad':>7s}")
         for est in ("marginal", "pathwise"):

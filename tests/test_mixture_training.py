@@ -130,3 +130,16 @@ def test_estimator_choices_are_checked() -> None:
     assert config.validate().train.objective_name == "siwae(1)"
     with pytest.raises(VaekitError, match="importance-weighted"):
         tiny_config(model__components=3, train__mixture_estimator="stratified", train__beta=2.0).validate()
+
+
+def test_equal_weights_give_every_component_one_kth_and_train_through_pathwise() -> None:
+    model = VAE(tiny_config(model__components=4, model__mixture_weights="equal").model)
+    x = torch.bernoulli(torch.full((8, 1, 32, 32), 0.3))
+    q = model.encode(x)
+    torch.testing.assert_close(q.weights, torch.full((8, 4), 0.25))
+    training_loss(model(x, estimator="pathwise")).backward()
+    grad = model.encoder.logits_head.weight.grad
+    assert grad is None or not grad.any()  # the head's output is not used
+    assert model.encoder.loc_head.weight.grad.abs().sum() > 0
+    with pytest.raises(VaekitError, match="--mixture-weights"):
+        tiny_config(model__mixture_weights="fixed").validate()

@@ -24,6 +24,8 @@ def _add_train(sub) -> None:
     p.add_argument("--latent-size", type=int, default=32)
     p.add_argument("--width", type=int, default=256, help="channels of the widest conv block (default 256, the notebook's; 128 trains ~3x faster on a CPU)")
     p.add_argument("--components", type=int, default=1, help="mixture components K of q(z|x)")
+    p.add_argument("--mixture-weights", default="learned", choices=("learned", "equal"),
+                   help="learned: the encoder's softmax weights (default); equal: every component weighs 1/K")
     p.add_argument("--prior", default="normal", help="normal (default), mog (a learned mixture) or vamp (the VampPrior)")
     p.add_argument("--prior-components", type=int, default=10, metavar="M", help="components of the mog prior or pseudo-inputs of the VampPrior")
     p.add_argument("--likelihood", default="bernoulli", help="bernoulli (default), continuous-bernoulli, gaussian or logistic; all but bernoulli train on grey levels")
@@ -63,7 +65,7 @@ def _config_from_args(args) -> "RunConfig":
     from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
     model = ModelConfig(
-        latent_size=args.latent_size, width=args.width, components=args.components, prior=args.prior,
+        latent_size=args.latent_size, width=args.width, components=args.components, mixture_weights=args.mixture_weights, prior=args.prior,
         prior_components=args.prior_components, likelihood=args.likelihood,
         logistic_mixtures=args.logistic_mixtures, gaussian_variance=args.gaussian_variance,
         image_size=args.image_size or 28,

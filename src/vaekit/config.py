@@ -24,6 +24,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
 # every component decoded, the importance-weighted bound over components, or one pathwise draw.
 MIXTURE_ESTIMATORS = ("marginal", "stratified", "pathwise")
+MIXTURE_WEIGHTS = ("learned", "equal")
 
 
 def block_widths(size: int, width: int = 256) -> list[int]:
@@ -46,6 +47,9 @@ class ModelConfig:
     latent_size: int = 32
     width: int = 256  # channels of the widest conv block; each block before it has half (256: the notebook's)
     components: int = 1  # K mixture components in q(z|x); K=1 is the ordinary VAE
+    # "learned": the notebook's softmax weights from the encoder; "equal": every component 1/K
+    # (as in MISELBO, Kviman et al. 2023), so no component can take the others' weight.
+    mixture_weights: str = "learned"
     channels: int = 1
     image_size: int = 28  # the data's size; 28 is zero-padded to 32 inside the data tensors
     prior: str = "normal"
@@ -76,6 +80,7 @@ class ModelConfig:
             block_widths(self.padded_size, self.width)
         except ValueError as exc:
             raise VaekitError(f"--{exc}") from None
+        _choice(self.mixture_weights, MIXTURE_WEIGHTS, "--mixture-weights")
         _choice(self.prior, PRIORS, "--prior")
         _choice(self.likelihood, LIKELIHOODS, "--likelihood")
         _choice(self.gaussian_variance, ("pixel", "global"), "--gaussian-variance")

@@ -53,6 +53,8 @@ class VAE(nn.Module):
         with network_autocast(x.device, self.autocast):
             loc, logvar, logits = self.encoder(x)
         loc, logvar, logits = to_full_precision(loc, logvar, logits)
+        if self.config.mixture_weights == "equal":
+            logits = torch.zeros_like(logits)  # the weight head's output is not used
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
         return MixtureOfGaussians.from_logvar(loc, logvar, logits, validate_args=False)  # a NaN is the training loop's to report
 
