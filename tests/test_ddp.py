@@ -103,8 +103,9 @@ def test_evaluation_counts_every_image_exactly_once(n, world, monkeypatch):
     assert count == n
 
 
-# (name, components K, importance samples S)
-OBJECTIVES = [("elbo", 1, 1), ("iwae", 1, 3), ("siwae", 2, 3)]
+# (name, components K, importance samples S, mixture estimator)
+OBJECTIVES = [("elbo", 1, 1, "marginal"), ("iwae", 1, 3, "marginal"), ("siwae", 2, 3, "marginal"),
+              ("siwae-1", 2, 1, "stratified"), ("pathwise", 3, 1, "pathwise"), ("pathwise-iwae", 3, 2, "pathwise")]
 
 
 def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None:
@@ -113,14 +114,14 @@ def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x = torch.bernoulli(torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
     rows = {}
-    for name, components, samples in OBJECTIVES:
+    for name, components, samples, estimator in OBJECTIVES:
         torch.manual_seed(0)
         model = VAE(ModelConfig(latent_size=3, width=32, components=components, image_size=28))
         torch.manual_seed(5)
-        alone = model(x, iw_samples=samples)
+        alone = model(x, iw_samples=samples, estimator=estimator)
         torch.manual_seed(5)
         net = data_parallel(model, torch.device("cpu"))  # held: backward needs the DDP object alive
-        wrapped = net(x, iw_samples=samples)
+        wrapped = net(x, iw_samples=samples, estimator=estimator)
         training_loss(wrapped).backward()  # the gradient all-reduce runs, as in training
         rows[name] = {"alone": training_loss(alone).item(), "ddp": training_loss(wrapped).item(),
                       "flags": (alone.importance_weighted, alone.latent_size) == (wrapped.importance_weighted, wrapped.latent_size)}
@@ -132,7 +133,7 @@ def test_the_ddp_wrapper_trains_the_same_loss_as_one_process(tmp_path):
     mp.spawn(_losses_through_ddp, args=(2, str(tmp_path / "init"), str(tmp_path / "losses")), nprocs=2)
     for rank in range(2):
         rows = json.loads(Path(f"{tmp_path / 'losses'}.rank{rank}").read_text())
-        for name, _, _ in OBJECTIVES:
+        for name, *_ in OBJECTIVES:
             assert rows[name]["ddp"] == pytest.approx(rows[name]["alone"], rel=1e-6), (rank, name)
             assert rows[name]["flags"], (rank, name)
         assert rows["iwae"]["alone"] != pytest.approx(rows["elbo"]["alone"], rel=1e-3)  # the bounds differ: a real check
