@@ -26,12 +26,17 @@ everything done so far is printed and written to RESULTS/quality.json.
     python benchmarks/quality.py --minutes 25 --epochs fit --lr-schedule cosine ...   # a cosine over the epochs that fit
     python benchmarks/quality.py --width 128 ...   # the notebook's blocks at half the channels (~3x the images/s on a CPU)
     python benchmarks/quality.py --minutes 0.3 --nll-samples 10 --test-subset 200   # a smoke test
+    python benchmarks/quality.py --mixture --width 128 --minutes 25 --epochs fit --lr-schedule cosine   # + one-pass mixtures
+
+"vs K=1" is each row's NLL minus the baseline's, paired over the same test images (mean ± its
+standard error); "used K" is exp of the entropy of the mean mixture weights on the test set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -55,18 +60,24 @@ EVAL_SEED = 2024  # the importance samples and prior samples, the same for every
 
 BASELINE = {"prior": "normal", "components": 1, "objective": "elbo"}
 CHANGES = {"prior": "vamp", "components": 5, "objective": "iwae"}
+# The mixture posterior decoded once per image (--mixture-estimator pathwise), with learned or equal weights.
+MIXTURE = [{**BASELINE, "components": k, "estimator": "pathwise", "weights": w} for k, w in ((5, "learned"), (5, "equal"), (20, "learned"))]
 
 
 def _name(c: dict) -> str:
-    return f"{c['prior']}-k{c['components']}-{c['objective']}"
+    estimator = "" if c.get("estimator", "marginal") == "marginal" else f"-{c['estimator']}"
+    weights = "" if c.get("weights", "learned") == "learned" else f"-{c['weights']}"
+    return f"{c['prior']}-k{c['components']}{estimator}{weights}-{c['objective']}"
 
 
-def combinations(full: bool = False) -> list[dict]:
-    """The baseline and each change on its own (4 runs), or with `full` every combination (8)."""
+def combinations(full: bool = False, mixture: bool = False) -> list[dict]:
+    """The baseline and each change on its own (4 runs), or with `full` every combination (8);
+    with `mixture` also the one-pass mixture rows (K=5 learned and equal weights, K=20)."""
     if full:
         combos = [{"prior": p, "components": k, "objective": o} for p in ("normal", "vamp") for k in (1, 5) for o in ("elbo", "iwae")]
     else:
         combos = [dict(BASELINE)] + [{**BASELINE, key: value} for key, value in CHANGES.items()]
+    combos += MIXTURE if mixture else []
     return [{"name": _name(c), **c} for c in combos]
 
 
@@ -80,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "the literature trains on 50,000 and validates on 10,000: 10000)")
     p.add_argument("--full", action="store_true", help="all 8 combinations instead of the baseline and one change at a time")
     p.add_argument("--only", help="comma-separated combination names, e.g. normal-k1-elbo,vamp-k5-iwae")
+    p.add_argument("--mixture", action="store_true", help="also the one-pass mixture rows: " + ", ".join(_name(c) for c in MIXTURE))
     p.add_argument("--iw-samples", type=int, default=5, help="S of the IWAE objective, per component when K=5 (default 5)")
     p.add_argument("--pseudo-inputs", type=int, default=100, help="M of the VampPrior (default 100; the paper used 500)")
     p.add_argument("--latent-size", type=int, default=32)
@@ -96,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=100, help="test images per importance-sampling batch")
     p.add_argument("--results", default=str(Path(__file__).parent / "results"), help="folder for quality.json and the per-combination files")
     args = p.parse_args(argv)
-    names = [c["name"] for c in combinations(full=True)]
+    names = [c["name"] for c in combinations(full=True, mixture=True)]
     if args.only:
         unknown = sorted(set(args.only.split(",")) - set(names))
         if unknown:
@@ -127,7 +139,7 @@ def fit_epochs(config: RunConfig, data, minutes: float, steps: int = 12, seconds
 
     def step() -> None:
         x = make_batch(images, torch.randint(0, len(images), (t.batch_size,), device=device), True, memory_format)
-        loss = training_loss(model(x, iw_samples=t.iw_samples))
+        loss = training_loss(model(x, iw_samples=t.iw_samples, estimator=t.mixture_estimator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -153,21 +165,25 @@ def train_size(data, subset: int | None) -> int:
 
 def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
     model = ModelConfig(latent_size=args.latent_size, width=args.width, components=combo["components"], prior=combo["prior"],
-                        prior_components=args.pseudo_inputs, image_size=28)
+                        prior_components=args.pseudo_inputs, image_size=28, mixture_weights=combo.get("weights", "learned"))
     data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, val_size=args.val_size, binarize=True)
     # Without --epochs, epochs is only a ceiling: the time budget decides when each run stops.
     train_cfg = TrainConfig(epochs=int(args.epochs) if args.epochs and args.epochs != "fit" else 100_000, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                             seed=args.seed, device=args.device,
-                            iw_samples=args.iw_samples if combo["objective"] == "iwae" else 1, max_minutes=args.minutes)
+                            iw_samples=args.iw_samples if combo["objective"] == "iwae" else 1, max_minutes=args.minutes,
+                            mixture_estimator=combo.get("estimator", "marginal"))
     return RunConfig(model, data, train_cfg).validate()
 
 
 def evaluate(model, test_images: torch.Tensor, args: argparse.Namespace) -> dict:
     """vaekit's own evaluator (BatchNorm-folded fast path) on the fixed binarisation of the test images."""
     result = evaluate_model(model, test_images, binarize=True, samples=args.nll_samples, batch_size=args.eval_batch,
-                            seed=EVAL_SEED, progress=False, fast=True)
+                            seed=EVAL_SEED, progress=False, fast=True, keep_per_image=True)
     test = result["test"]
+    usage = result.get("components", {})
     return {
+        "per_image_nll": [float(v) for v in result["per_image"]["nll"]],
+        "effective_components": math.exp(usage["entropy_of_mean_weights"]) if usage else None,
         "nll": test["nll"]["mean"], "nll_stderr": test["nll"]["stderr"],
         "elbo": test["elbo"]["mean"], "elbo_stderr": test["elbo"]["stderr"],
         "active_units": result["active_units"]["count"], "latent_size": result["active_units"]["of"],
@@ -240,14 +256,28 @@ def schedule_done(row: dict) -> float | None:
     return min(1.0, row["epochs"] / fitted) if fitted else None
 
 
+def paired_to_baseline(row: dict, rows: list[dict]) -> str:
+    """This row's NLL minus the baseline's, mean ± standard error over the same test images."""
+    base = next((r for r in rows if r["name"] == _name(BASELINE)), None)
+    if base is None or row is base or "per_image_nll" not in row or len(base.get("per_image_nll", [])) != len(row["per_image_nll"]):
+        return ""
+    diff = [a - b for a, b in zip(row["per_image_nll"], base["per_image_nll"])]
+    mean = sum(diff) / len(diff)
+    stderr = math.sqrt(sum((d - mean) ** 2 for d in diff) / (len(diff) - 1) / len(diff))
+    return f"{mean:+.2f}±{stderr:.2f}"
+
+
 def table(rows: list[dict]) -> str:
-    head = f"{'combination':<18} {'NLL':>14} {'ELBO':>9} {'FD':>8} {'AU':>6} {'epochs':>6} {'fit done':>8} {'train min':>9}"
+    head = (f"{'combination':<26} {'NLL':>14} {'vs K=1':>12} {'ELBO':>9} {'FD':>8} {'AU':>6} {'used K':>6} "
+            f"{'epochs':>6} {'fit done':>8} {'train min':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         fd = "" if r.get("frechet_distance") is None else f"{r['frechet_distance']:.2f}"
         nll = f"{r['nll']:.2f}±{r['nll_stderr']:.2f}"
         done = schedule_done(r)
-        lines.append(f"{r['name']:<18} {nll:>14} {r['elbo']:>9.2f} {fd:>8} {r['active_units']:>3}/{r['latent_size']:<2} "
+        used = "" if r.get("effective_components") is None else f"{r['effective_components']:.2f}"
+        lines.append(f"{r['name']:<26} {nll:>14} {paired_to_baseline(r, rows):>12} {r['elbo']:>9.2f} {fd:>8} "
+                     f"{r['active_units']:>3}/{r['latent_size']:<2} {used:>6} "
                      f"{r['epochs']:>6.2f} {'' if done is None else f'{done:.0%}':>8} {r['train_minutes']:>9.1f}")
     return "\n".join(lines)
 
@@ -260,7 +290,7 @@ def main(argv=None) -> int:
     wanted = set(args.only.split(",")) if args.only else None
     data = None
     rows = []
-    for combo in combinations(full=args.full or bool(args.only)):
+    for combo in combinations(full=args.full or bool(args.only), mixture=args.mixture or bool(args.only)):
         path = per_combo / f"{combo['name']}.json"
         if path.is_file():
             row = json.loads(path.read_text())

@@ -118,6 +118,8 @@ def test_evaluate_model_reports_means_errors_bits_and_usage(tiny_model, tiny_run
     weights = result["components"]["mean_weights"]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1.0)
     assert 0 <= result["components"]["entropy_of_mean_weights"] <= math.log(2) + 1e-9
+    assert result["components"]["effective_components"] == pytest.approx(math.exp(result["components"]["entropy_of_mean_weights"]))
+    assert 0 <= result["components"]["mean_image_entropy"] <= result["components"]["entropy_of_mean_weights"] + 1e-9  # concavity
     assert result["nll_is_likelihood"]
 
 

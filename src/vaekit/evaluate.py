@@ -8,6 +8,7 @@ import torch
 
 from .batching import binarize_fixed, to_float
 from .distributed import DistContext
+from .usage import component_usage
 from .model import full_precision
 from .objectives import elbo_terms, log_likelihood_estimate  # noqa: F401  (re-exported: evaluation's estimator)
 
@@ -154,10 +155,12 @@ def evaluate_model(
         },
     }
     if cfg.components > 1:
-        mean_w = torch.cat(weights).mean(0)  # (K,)
+        usage = component_usage(torch.cat(weights))
         result["components"] = {
-            "mean_weights": [float(w) for w in mean_w],
-            "entropy_of_mean_weights": float(-(mean_w * mean_w.clamp_min(1e-300).log()).sum()),
+            "mean_weights": usage["mean_weights"],
+            "entropy_of_mean_weights": usage["usage_entropy"],
+            "mean_image_entropy": usage["usage_image_entropy"],
+            "effective_components": usage["usage_effective"],
             "max_entropy": math.log(cfg.components),
         }
     if keep_per_image:
