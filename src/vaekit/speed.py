@@ -51,7 +51,8 @@ def _fold_pair(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of `model` with each `conv -> BatchNorm2d` pair in an nn.Sequential folded.
+    """An eval-mode copy of `model` with each `conv -> BatchNorm2d` pair in an nn.Sequential folded
+    (those `_foldable` accepts; any other module, a user's network's included, is copied as it is).
 
     The copy computes what `model.eval()` computes, to float rounding; it cannot be trained
     (there is no BatchNorm left to update). The original is not touched.
