@@ -59,6 +59,15 @@ class ModelConfig:
     gaussian_variance: str = "pixel"  # "pixel" or "global" learned variance
     logvar_min: float = -8.0  # q(z|x) log-variances are clamped here; exp(-8) ~ 3e-4
     logvar_max: float = 8.0
+    # Class names of a user's own networks (VAE(config, encoder=..., decoder=...)); None is the
+    # built-in ConvEncoder/ConvDecoder. Recorded so that loading such a run without the modules
+    # is refused instead of building conv networks the weights do not fit; `width` is then unused.
+    custom_encoder: str | None = None
+    custom_decoder: str | None = None
+
+    @property
+    def custom_networks(self) -> bool:
+        return self.custom_encoder is not None or self.custom_decoder is not None
 
     @property
     def padded_size(self) -> int:

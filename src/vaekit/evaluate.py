@@ -219,6 +219,8 @@ def evaluate_run(
     fast: bool = True,
     compile: bool = False,
     checkpoint: str = "best",
+    encoder: torch.nn.Module | None = None,
+    decoder: torch.nn.Module | None = None,
 ) -> dict:
     """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict,
     and the per-image NLLs and ELBOs to RUN/evaluation_per_image.npz (see per_image.py).
@@ -229,6 +231,7 @@ def evaluate_run(
     `data` (a DatasetSplits) skips loading the run's dataset by name, e.g. for generated data.
     `fast` (the default) evaluates the BatchNorm-folded channels_last copy: the same numbers to
     float rounding, about 2x faster on CPU; `compile` also torch.compiles it.
+    `encoder` and `decoder`: fresh instances of a run's own networks, as vaekit.load_run takes them.
     """
     import json
     import time
@@ -250,7 +253,7 @@ def evaluate_run(
         raise VaekitError(f"--batch-size must be positive, got {batch_size}")
     if checkpoint not in ("best", "latest"):
         raise VaekitError(f"--checkpoint must be 'best' or 'latest', got {checkpoint!r}")
-    run = load_run(run_dir, checkpoint)
+    run = load_run(run_dir, checkpoint, encoder=encoder, decoder=decoder)
     data = data or _load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
@@ -280,7 +283,7 @@ def evaluate_run(
             "checkpoint_epoch": run.state.get("epoch"),
             "vaekit_version": __version__,
             "proposal": "q(z|x), z_s drawn from the full mixture",
-            "network_path": ("compiled, " if compile else "") + ("BatchNorm folded, channels_last" if fast or compile else "plain eval mode"),
+            "network_path": _network_path(run.model, fast, compile),
         },
         **result,
         "per_image": {
@@ -303,6 +306,14 @@ def evaluate_run(
         atomic_write_text(Path(json_path), text)
     _missing_pictures(run, data)
     return out
+
+
+def _network_path(model, fast: bool, compile: bool) -> str:
+    """What speed.inference_model did to the networks, for evaluation.json."""
+    if not (fast or compile):
+        return "plain eval mode"
+    layout = "" if model.custom_networks else ", channels_last"  # not applied to a user's networks
+    return ("compiled, " if compile else "") + "BatchNorm folded" + layout
 
 
 def _load_run_data(config):
@@ -360,11 +371,12 @@ def _missing_pictures(run, data) -> None:
         write_latent_pictures(run.path, run.model, data)
 
 
-def ensure_pictures(run_dir, data=None) -> None:
+def ensure_pictures(run_dir, data=None, encoder: torch.nn.Module | None = None, decoder: torch.nn.Module | None = None) -> None:
     """Before a report: draws the latent pictures and interpolations a run lacks.
 
-    Best effort: a run without a checkpoint, or whose data cannot be loaded here, still
-    gets its report, and the page lists what is missing.
+    Best effort: a run without a checkpoint, or whose data cannot be loaded here (or one with
+    its own networks, without `encoder` and `decoder`), still gets its report, and the page
+    lists what is missing.
     """
     import sys
     from pathlib import Path
@@ -375,13 +387,13 @@ def ensure_pictures(run_dir, data=None) -> None:
 
     run_dir = Path(run_dir)
     try:
-        run = load_run(run_dir)
+        run = load_run(run_dir, encoder=encoder, decoder=decoder)
         needed = ["latent_scatter.png", "interpolations.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
         if all((run_dir / name).is_file() for name in needed):
             return
         data = data or _load_run_data(run.config)
         _missing_pictures(run, data)
         if not (run_dir / "interpolations.png").is_file():
-            interpolate_run(run_dir, data=data)
+            interpolate_run(run_dir, data=data, encoder=encoder, decoder=decoder)
     except VaekitError as exc:
         print(f"vaekit: warning: pictures not drawn ({exc})", file=sys.stderr)

@@ -46,8 +46,12 @@ def interpolation_strips(model, images: torch.Tensor, pairs: list[tuple[int, int
     return strips, labels
 
 
-def interpolate_run(run_dir, out: str | Path | None = None, pairs: int = 3, steps: int = 10, data=None, seed: int = 0) -> Path:
-    """Writes RUN/interpolations.png (or `out`): `pairs` pairs of test images of different classes when labelled."""
+def interpolate_run(run_dir, out: str | Path | None = None, pairs: int = 3, steps: int = 10, data=None, seed: int = 0,
+                    encoder: torch.nn.Module | None = None, decoder: torch.nn.Module | None = None) -> Path:
+    """Writes RUN/interpolations.png (or `out`): `pairs` pairs of test images of different classes when labelled.
+
+    `encoder` and `decoder`: fresh instances of a run's own networks, as vaekit.load_run takes them.
+    """
     from .batching import binarize_fixed, to_float
     from .errors import VaekitError
     from .evaluate import EVAL_BINARIZE_SEED, _load_run_data
@@ -56,7 +60,7 @@ def interpolate_run(run_dir, out: str | Path | None = None, pairs: int = 3, step
 
     if pairs < 1 or steps < 2:
         raise VaekitError(f"need at least one pair and two steps, got {pairs} pairs and {steps} steps")
-    run = load_run(run_dir)
+    run = load_run(run_dir, encoder=encoder, decoder=decoder)
     data = data or _load_run_data(run.config)
     test = data.test.images[:200]
     x = binarize_fixed(test, EVAL_BINARIZE_SEED) if run.config.data.binarize else to_float(test)

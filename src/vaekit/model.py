@@ -5,6 +5,7 @@ No training code lives here; objectives.py turns these distributions into bounds
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .distributions import MixtureOfGaussians
+from .errors import VaekitError
 from .likelihoods import make_likelihood
 from .networks import ConvDecoder, ConvEncoder
 from .priors import make_prior
@@ -20,16 +22,41 @@ from .speed import network_autocast, to_full_precision
 
 
 class VAE(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """q(z|x), p(x|z) and p(z) for images of `config`'s size.
+
+    `encoder` and `decoder` default to the built-in ConvEncoder and ConvDecoder. Any nn.Module
+    can take their place if it honours this contract (S = config.padded_size, B the batch,
+    K = config.components, D = config.latent_size, C = config.channels):
+
+    - encoder: images (B, C, S, S) in [0, 1], exactly as given (flattening is the module's own
+      business) -> (loc, logvar, logits) with shapes (B, K, D), (B, K, D), (B, K): the means,
+      log-variances and mixture logits of q(z|x).
+    - decoder: latents (N, D) -> likelihood parameters (N, C', S, S) with
+      C' = decoder_channels(config) (model.likelihood.param_channels); the VAE crops the zero
+      frame around 28-pixel data itself.
+
+    The shapes a user's network returns are checked on its first call. Their class names are
+    recorded in the config (custom_encoder, custom_decoder), so `vaekit.load_run` of such a run
+    needs the modules again: load_run(path, encoder=..., decoder=...). The training speed paths
+    measured for the conv networks (channels_last) are not applied to a user's networks.
+    """
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> None:
         super().__init__()
         config.validate()
+        check_networks_given(config, encoder, decoder)
+        if encoder is not None or decoder is not None:
+            # A copy, so the caller's config is not edited behind its back.
+            config = dataclasses.replace(config, custom_encoder=_class_name(encoder), custom_decoder=_class_name(decoder))
         self.config = config
         # bf16 autocast for the two networks on CUDA (train.py turns it on there); the
         # distributions and bounds always see fp32.
         self.autocast = False
         size = config.padded_size
         self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
-        self.encoder = ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
+        # The built-in networks are made in this order (encoder, likelihood, decoder, prior), so a
+        # seed gives the same weights as before user networks existed.
+        self.encoder = encoder if encoder is not None else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
         self.likelihood = make_likelihood(
             config.likelihood,
             config.channels,
@@ -37,7 +64,7 @@ class VAE(nn.Module):
             mixtures=config.logistic_mixtures,
             variance=config.gaussian_variance,
         )
-        self.decoder = ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
+        self.decoder = decoder if decoder is not None else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
         self.prior_net = make_prior(
             config.prior,
             config.latent_size,
@@ -47,12 +74,22 @@ class VAE(nn.Module):
             size=size,
             border=self.border,  # VampPrior pseudo-inputs get the data's zero frame
         )
+        # A user's network's output shapes are checked once, on its first call: a wrong shape
+        # would otherwise surface as a broadcasting error deep inside the bounds.
+        self._unchecked = {"encoder": encoder is not None, "decoder": decoder is not None}
+
+    @property
+    def custom_networks(self) -> bool:
+        """Whether either network is a user's own (not the built-in conv networks)."""
+        return self.config.custom_networks
 
     def encode(self, x: torch.Tensor) -> MixtureOfGaussians:
         """q(z|x) for images x (B, C, S, S) in [0, 1]."""
         with network_autocast(x.device, self.autocast):
-            loc, logvar, logits = self.encoder(x)
-        loc, logvar, logits = to_full_precision(loc, logvar, logits)
+            out = self.encoder(x)
+        if self._unchecked["encoder"]:
+            self._check_encoder_output(x, out)
+        loc, logvar, logits = to_full_precision(*out)
         if self.config.mixture_weights == "equal":
             logits = torch.zeros_like(logits)  # the weight head's output is not used
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
@@ -68,13 +105,33 @@ class VAE(nn.Module):
         scored -249 nats in training mode and -331 in eval mode.
         """
         with network_autocast(z.device, self.autocast):
-            params = self.crop(self.decoder(z.reshape(-1, z.shape[-1])))  # (N, C', H, W)
+            params = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, C', S, S)
+        if self._unchecked["decoder"]:
+            self._check_decoder_output(z, params)
+        params = self.crop(params)  # (N, C', H, W)
         params, = to_full_precision(params)
         return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
 
     def prior(self):
         """p(z): a distribution with log_prob and sample."""
         return self.prior_net(self.encode)
+
+    def _check_encoder_output(self, x: torch.Tensor, out) -> None:
+        b, k, d = x.shape[0], self.config.components, self.config.latent_size
+        expected = [(b, k, d), (b, k, d), (b, k)]
+        got = [_shape(t) for t in out] if isinstance(out, (tuple, list)) else [_shape(out)]
+        if got != expected:
+            raise VaekitError(f"encoder {type(self.encoder).__name__} returned {_shapes(got)}; expected (loc, logvar, logits) with "
+                              f"shapes {_shapes(expected)}, i.e. (B, K, D), (B, K, D), (B, K) for K={k} components, D={d} latents")
+        self._unchecked["encoder"] = False
+
+    def _check_decoder_output(self, z: torch.Tensor, params) -> None:
+        size = self.config.padded_size
+        expected = (z.numel() // z.shape[-1], self.likelihood.param_channels, size, size)
+        if _shape(params) != expected:
+            raise VaekitError(f"decoder {type(self.decoder).__name__} returned {_shapes([_shape(params)])}; expected likelihood parameters "
+                              f"of shape {expected}, i.e. (N, C', S, S) with C'=model.likelihood.param_channels, S=config.padded_size")
+        self._unchecked["decoder"] = False
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """Drops the zero frame that padded the data up to the network's size."""
@@ -107,6 +164,33 @@ class VAE(nn.Module):
         if iw_samples > 1 or (estimator == "stratified" and self.config.components > 1):
             return iwae_terms(self, x_input, x_target, iw_samples)
         return elbo_terms(self, x_input, x_target)
+
+
+def decoder_channels(config: ModelConfig) -> int:
+    """C', the parameters per pixel a decoder must return for config's likelihood (1 for a grey Bernoulli)."""
+    return make_likelihood(config.likelihood, config.channels, config.image_size, mixtures=config.logistic_mixtures,
+                           variance=config.gaussian_variance).param_channels
+
+
+def check_networks_given(config: ModelConfig, encoder: nn.Module | None, decoder: nn.Module | None,
+                         what: str = "this config", how: str = "VAE(config, encoder=..., decoder=...)") -> None:
+    """Refuses to build conv networks where `config` records a user's own (their weights would not fit)."""
+    missing = [f"{role} {name}" for role, name, given in (("encoder", config.custom_encoder, encoder), ("decoder", config.custom_decoder, decoder))
+               if name is not None and given is None]
+    if missing:
+        raise VaekitError(f"{what} uses its own networks ({', '.join(missing)}), which vaekit cannot rebuild; pass new instances of them: {how}")
+
+
+def _class_name(module: nn.Module | None) -> str | None:
+    return None if module is None else type(module).__name__
+
+
+def _shape(t) -> tuple[int, ...] | str:
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _shapes(shapes: list) -> str:
+    return ", ".join(str(s) for s in shapes)
 
 
 @contextmanager

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint
 from .config import RunConfig
 from .errors import VaekitError
-from .model import VAE
+from .model import VAE, check_networks_given
 from .usage import USAGE_COLUMNS
 
 CONFIG = "config.json"
@@ -50,14 +51,21 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
-    """The model of a finished (or interrupted) run, in eval mode, on `device`."""
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
+             encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> LoadedRun:
+    """The model of a finished (or interrupted) run, in eval mode, on `device`.
+
+    A run trained with its own networks (VAE(config, encoder=..., decoder=...)) needs fresh
+    instances of them: their weights are loaded from the checkpoint into these modules.
+    """
     run_dir = check_run_dir(run_dir)
     config = RunConfig.load(run_dir / CONFIG)
+    check_networks_given(config.model, encoder, decoder, what=str(run_dir),
+                         how="vaekit.load_run(path, encoder=..., decoder=...)")
     if which == "best" and not has_checkpoint(run_dir, "best"):
         which = "latest"
     ckpt = load_checkpoint(run_dir, which)
-    model = VAE(config.model)
+    model = VAE(config.model, encoder=encoder, decoder=decoder)
     check_state_dict(model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
     model.load_state_dict(ckpt.model)
     return LoadedRun(run_dir, config, model.to(device).eval(), ckpt.state, which)

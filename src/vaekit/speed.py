@@ -20,6 +20,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from .networks import MatmulConvTranspose2d
+
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
@@ -49,7 +51,8 @@ def _fold_pair(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of `model` with each `conv -> BatchNorm2d` pair in an nn.Sequential folded.
+    """An eval-mode copy of `model` with each `conv -> BatchNorm2d` pair in an nn.Sequential folded
+    (those `_foldable` accepts; any other module, a user's network's included, is copied as it is).
 
     The copy computes what `model.eval()` computes, to float rounding; it cannot be trained
     (there is no BatchNorm left to update). The original is not touched.
@@ -61,12 +64,20 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         names = list(module._modules)
         for first, second in zip(names, names[1:]):
             conv, bn = module._modules[first], module._modules[second]
-            if isinstance(conv, _CONVS) and isinstance(bn, nn.BatchNorm2d):
+            if _foldable(conv, bn):
                 module._modules[first] = _fold_pair(conv, bn)
                 module._modules[second] = nn.Identity()
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    """A pair _fold_pair computes exactly. Anything else in a user's network (a BatchNorm
+    without running statistics, a grouped transposed conv, a subclass that changes forward)
+    is left as it is: the copy is then merely slower, never different."""
+    return (type(conv) in _CONVS + (MatmulConvTranspose2d,) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            and bn.running_mean is not None and not (isinstance(conv, nn.ConvTranspose2d) and conv.groups != 1))
 
 
 def compile_networks(model: nn.Module, mode: str | None = None) -> nn.Module:
@@ -86,7 +97,8 @@ def inference_model(model: nn.Module, fold: bool = True, channels_last: bool = T
     On CUDA, `compile` with mode="reduce-overhead" uses CUDA graphs.
     """
     fast = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
-    if channels_last:
+    # As in training, channels_last only for the built-in conv networks it was measured on.
+    if channels_last and not getattr(model, "custom_networks", False):
         fast = fast.to(memory_format=torch.channels_last)
     if compile:
         compile_networks(fast, mode)

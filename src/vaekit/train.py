@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import time
+import types
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,7 @@ from .data import DatasetSplits, load_dataset
 from .distributed import DistContext, WeightHashLog, init_distributed, shutdown_distributed
 from .errors import VaekitError
 from .evaluate import bound_means
-from .model import VAE
+from .model import VAE, check_networks_given
 from .objectives import Terms, training_loss
 from .runs import CONFIG, default_run_dir, write_metrics
 from .usage import USAGE_COLUMNS, component_usage, posterior_weights
@@ -85,10 +86,16 @@ def train(
     resume: str | Path | None = None,
     data: DatasetSplits | None = None,
     progress: bool = True,
+    model: VAE | None = None,
 ) -> Path:
     """Trains a VAE as `config` says and returns the run directory.
 
     With `resume`, continues that run from its latest checkpoint exactly where it stopped.
+
+    `model` trains that VAE (e.g. one with your own networks, see VAE) in place instead of
+    building one; it must have been built from `config.model` (for the data's image size and
+    channels), and config.json records its networks' class names. Resuming such a run needs the
+    model again: train(config, model=VAE(config.model, encoder=..., decoder=...), resume=run_dir).
     """
     config.validate()
     t = config.train
@@ -97,7 +104,7 @@ def train(
     run_dir = Path(resume or out or default_run_dir())
     created = resume is None and not run_dir.exists()
     try:
-        return _train(config, run_dir, resume is not None, data, progress, device, ctx)
+        return _train(config, run_dir, resume is not None, data, progress, device, ctx, model)
     except (VaekitError, KeyboardInterrupt, OSError):
         # A run that failed before its first checkpoint is not a run: leave nothing that
         # `--resume` or a later `--out` would trip over.
@@ -108,7 +115,8 @@ def train(
         shutdown_distributed(ctx)
 
 
-def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: bool, device: torch.device, ctx: DistContext) -> Path:
+def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: bool, device: torch.device, ctx: DistContext,
+           given: VAE | None = None) -> Path:
     t = config.train
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
@@ -132,8 +140,10 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     config.version = __version__
 
     seed_everything(t.seed)
-    model = VAE(config.model).to(device)
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = _model_to_train(config, given, run_dir, resuming).to(device)
+    # channels_last was measured for the conv networks; a user's networks get plain NCHW
+    # batches, which a module that .view()s its input needs.
+    memory_format = torch.channels_last if t.channels_last and not model.custom_networks else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     model.autocast = device.type == "cuda"  # bf16 networks on a GPU, fp32 bounds; on CPU bf16 was ~20x slower
     optimizer = make_optimizer(model, t.lr)
@@ -211,6 +221,26 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     if tb:
         tb.close()
     return run_dir
+
+
+def _model_to_train(config: RunConfig, given: VAE | None, run_dir: Path, resuming: bool) -> VAE:
+    """A new VAE for config.model, or the caller's one checked against it."""
+    if given is None:
+        where = f"resume={str(run_dir)!r}" if resuming else "out=..."
+        check_networks_given(config.model, None, None, what=f"the config of {run_dir}" if resuming else "the config",
+                             how=f"vaekit.train(config, model=vaekit.VAE(config.model, encoder=..., decoder=...), {where})")
+        return VAE(config.model)
+    if not isinstance(given, VAE):
+        raise VaekitError(f"model= must be a vaekit.VAE, got {type(given).__name__}; wrap your networks: VAE(config.model, encoder=..., decoder=...)")
+    for f in dataclasses.fields(config.model):
+        if f.name in ("custom_encoder", "custom_decoder"):
+            continue
+        wanted, built = getattr(config.model, f.name), getattr(given.config, f.name)
+        if wanted != built:
+            raise VaekitError(f"model= was built with {f.name}={built!r} but the config (and its data) has {wanted!r}; "
+                              "build the VAE from this config.model")
+    config.model = given.config  # config.json records the user's networks' class names
+    return given
 
 
 CUDA_CHECK_EVERY = 25  # steps between host syncs on a GPU; on a CPU a sync is free and every step is checked
@@ -488,3 +518,15 @@ class _SignalFlag:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+class _CallableModule(types.ModuleType):
+    """`vaekit.train` names both this module and the function: importing the module (which
+    `vaekit.train(...)` itself does) makes the package attribute the module, so a second
+    `vaekit.train(...)` called a module. Calling the module calls train()."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
