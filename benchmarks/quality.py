@@ -51,6 +51,7 @@ from vaekit.batching import make_batch
 from vaekit.data import load_dataset
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model
 from vaekit.model import VAE
+from vaekit.compare import paired_difference
 from vaekit.objectives import training_loss
 from vaekit.runs import load_run
 from vaekit.train import make_optimizer, resolve_device, train
@@ -261,10 +262,8 @@ def paired_to_baseline(row: dict, rows: list[dict]) -> str:
     base = next((r for r in rows if r["name"] == _name(BASELINE)), None)
     if base is None or row is base or "per_image_nll" not in row or len(base.get("per_image_nll", [])) != len(row["per_image_nll"]):
         return ""
-    diff = [a - b for a, b in zip(row["per_image_nll"], base["per_image_nll"])]
-    mean = sum(diff) / len(diff)
-    stderr = math.sqrt(sum((d - mean) ** 2 for d in diff) / (len(diff) - 1) / len(diff))
-    return f"{mean:+.2f}±{stderr:.2f}"
+    diff = paired_difference(base["per_image_nll"], row["per_image_nll"])
+    return f"{diff['mean']:+.2f}±{diff['stderr']:.2f}"
 
 
 def table(rows: list[dict]) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .config import MIXTURE_ESTIMATORS, MIXTURE_WEIGHTS
 from .errors import VaekitError
 
 
@@ -24,7 +25,7 @@ def _add_train(sub) -> None:
     p.add_argument("--latent-size", type=int, default=32)
     p.add_argument("--width", type=int, default=256, help="channels of the widest conv block (default 256, the notebook's; 128 trains ~3x faster on a CPU)")
     p.add_argument("--components", type=int, default=1, help="mixture components K of q(z|x)")
-    p.add_argument("--mixture-weights", default="learned", choices=("learned", "equal"),
+    p.add_argument("--mixture-weights", default="learned", choices=MIXTURE_WEIGHTS,
                    help="learned: the encoder's softmax weights (default); equal: every component weighs 1/K")
     p.add_argument("--prior", default="normal", help="normal (default), mog (a learned mixture) or vamp (the VampPrior)")
     p.add_argument("--prior-components", type=int, default=10, metavar="M", help="components of the mog prior or pseudo-inputs of the VampPrior")
@@ -42,7 +43,7 @@ def _add_train(sub) -> None:
     p.add_argument("--free-bits", type=float, default=0.0, help="free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose batch-mean KL "
                    "is below this many nats; only with --components 1 and --prior normal")
     p.add_argument("--iw-samples", type=int, default=1, help="train on the importance-weighted bound with S samples")
-    p.add_argument("--mixture-estimator", default="marginal", choices=("marginal", "stratified", "pathwise"),
+    p.add_argument("--mixture-estimator", default="marginal", choices=MIXTURE_ESTIMATORS,
                    help="for --components > 1: marginal decodes every component (K decoder passes; default), stratified trains "
                         "SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from the whole "
                         "mixture with gradients to the weights (one pass per sample)")

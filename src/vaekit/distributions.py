@@ -103,6 +103,8 @@ class MixtureOfGaussians(Distribution):
         with torch.no_grad():
             probs = self.weights.expand(*shape, self.components).reshape(-1, self.components)
             index = torch.multinomial(probs, 1).view(shape)  # (*sample, *batch)
+            # A draw from every component, then the chosen one: K times the noise a single draw
+            # needs, but the same random stream as `sample` always used, so evaluations repeat.
             draws = self.component_rsample(sample_shape)  # (*sample, *batch, K, D)
             gather = index[..., None, None].expand(*shape, 1, draws.shape[-1])
             z = draws.gather(-2, gather).squeeze(-2)  # (*sample, *batch, D)
