@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from vaekit import plots
+from vaekit.atomic import atomic_write
 
 
 def _png_ok(path) -> Image.Image:
@@ -239,7 +240,7 @@ def test_plot_overwrites_atomically_and_keeps_old_file_on_failure(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        plots._atomic_write(target, boom)
+        atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     _no_temp_files(tmp_path)
     plots.save_image_grid(torch.rand(4, 1, 4, 4), target)

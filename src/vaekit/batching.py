@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+EVAL_BINARIZE_SEED = 20190101  # independent of any training seed, so evaluation numbers compare across runs
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The same permutation on every rank and after every resume: a function of (seed, epoch)."""

@@ -138,7 +138,7 @@ def _train_and_cache(data, spec: ClassifierSpec, shape: dict, path: Path, progre
     from safetensors.torch import save
 
     from . import __version__
-    from .checkpoint import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     x_train = data_pixels(data.train.images, data.image_size)
     y_train = data.train.labels

@@ -1,53 +1,30 @@
-"""Numbers for a trained model: bounds on the test set, importance-sampled NLL, sample quality."""
+"""Numbers for a trained model: the test-set ELBO, importance-sampled NLL and sample quality, and
+the run's evaluation.json (with the per-image numbers beside it)."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from .batching import binarize_fixed, to_float
-from .distributed import DistContext
-from .usage import component_usage
+from . import __version__
+from .atomic import atomic_write_bytes, atomic_write_text
+from .batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
+from .classifier import ClassifierSpec, data_pixels, get_classifier
+from .errors import VaekitError
 from .model import full_precision
-from .objectives import elbo_terms, log_likelihood_estimate  # noqa: F401  (re-exported: evaluation's estimator)
-
-EVAL_BINARIZE_SEED = 20190101  # independent of any training seed, so numbers compare across runs
-
-
-def bound_terms(model, images: torch.Tensor, batch_size: int, binarize: bool, seed: int, ctx: DistContext | None = None) -> dict[str, torch.Tensor]:
-    """Per-image ELBO, reconstruction and KL (nats) over `images`, reproducibly.
-
-    With several processes each rank takes every world_size-th image, so no image is
-    counted twice and none is padded in.
-    """
-    ctx = ctx or DistContext()
-    index = torch.arange(ctx.rank, len(images), ctx.world_size)
-    was_training = model.training
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": []}
-    device = images.device
-    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-        torch.manual_seed(seed + 1)
-        # Binarise the whole set before sharding: the same images whatever the process count.
-        x_all = (binarize_fixed(images, seed) if binarize else to_float(images))[index]
-        for start in range(0, len(index), batch_size):
-            terms = elbo_terms(model, x_all[start:start + batch_size])
-            for key in out:
-                out[key].append(getattr(terms, key).double())
-    model.train(was_training)
-    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device) for k, v in out.items()}
-
-
-def bound_means(model, images: torch.Tensor, batch_size: int, binarize: bool, seed: int, ctx: DistContext | None = None) -> dict[str, float]:
-    """Means of `bound_terms` over the whole set, summed across ranks."""
-    ctx = ctx or DistContext()
-    terms = bound_terms(model, images, batch_size, binarize, seed, ctx)
-    totals = torch.stack([terms["elbo"].sum(), terms["recon"].sum(), terms["kl"].sum(), torch.tensor(float(len(terms["elbo"])), dtype=torch.float64, device=terms["elbo"].device)])
-    totals = ctx.all_reduce_sum(totals).tolist()
-    n = max(totals[3], 1.0)
-    return {"elbo": totals[0] / n, "recon": totals[1] / n, "kl": totals[2] / n, "count": int(totals[3])}
-
+from .objectives import elbo_terms, log_likelihood_estimate
+from .per_image import ARRAYS, PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
+from .pictures import missing_pictures
+from .runs import load_run, load_run_data
+from .sample_quality import quality_numbers
+from .speed import inference_model
+from .usage import component_usage
 
 # --------------------------------------------------------------------------- importance-sampled NLL
 
@@ -104,14 +81,10 @@ def evaluate_model(
     `images` is uint8 (N, C, P, P) as the data module holds them; with `binarize` the whole
     set is binarised once with EVAL_BINARIZE_SEED before anything else.
     """
-    from tqdm import tqdm
-
     if samples < 1:
         raise ValueError(f"samples must be positive, got {samples}")
     model.eval()
     if fast or compile:
-        from .speed import inference_model
-
         model = inference_model(model, compile=compile)
     device = next(model.parameters()).device
     x_all = binarize_fixed(images.to(device), EVAL_BINARIZE_SEED) if binarize else to_float(images.to(device))
@@ -177,9 +150,6 @@ def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SA
     The model's N prior samples (decoded means) against the test set, and N training images
     against the test set: the floor a model that reproduced the data would reach.
     """
-    from .classifier import data_pixels
-    from .sample_quality import quality_numbers
-
     test = data_pixels(data.test.images, data.image_size)
     n = min(n, len(test), len(data.train))
     real = classifier.features(test)
@@ -233,18 +203,6 @@ def evaluate_run(
     float rounding, about 2x faster on CPU; `compile` also torch.compiles it.
     `encoder` and `decoder`: fresh instances of a run's own networks, as vaekit.load_run takes them.
     """
-    import json
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    from . import __version__
-    from .checkpoint import atomic_write_bytes, atomic_write_text
-    from .errors import VaekitError
-    from .per_image import ARRAYS, PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
-    from .runs import load_run
-
     if samples < 1:
         raise VaekitError(f"--nll-samples must be positive, got {samples}")
     if test_subset is not None and test_subset < 2:
@@ -254,7 +212,7 @@ def evaluate_run(
     if checkpoint not in ("best", "latest"):
         raise VaekitError(f"--checkpoint must be 'best' or 'latest', got {checkpoint!r}")
     run = load_run(run_dir, checkpoint, encoder=encoder, decoder=decoder)
-    data = data or _load_run_data(run.config)
+    data = data or load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
     result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress, fast=fast, compile=compile,
@@ -304,7 +262,7 @@ def evaluate_run(
     atomic_write_text(Path(run.path) / "evaluation.json", text)
     if json_path:
         atomic_write_text(Path(json_path), text)
-    _missing_pictures(run, data)
+    missing_pictures(run, data)
     return out
 
 
@@ -316,84 +274,8 @@ def _network_path(model, fast: bool, compile: bool) -> str:
     return ("compiled, " if compile else "") + "BatchNorm folded" + layout
 
 
-def _load_run_data(config):
-    from .data import load_dataset
-
-    name = config.data.dataset
-    return load_dataset(name, config.data.data_dir, image_size=None if name in ("fashion-mnist", "mnist") else config.model.image_size,
-                        val_size=config.data.val_size)
-
-
 def _quality_or_reason(model, data, n: int, seed: int, spec, progress: bool) -> dict:
-    from .classifier import ClassifierSpec, get_classifier
-
     if data.train.labels is None or data.test.labels is None:
         return {"skipped": f"dataset {data.name} has no class labels, which the feature classifier needs"}
     classifier = get_classifier(data, spec or ClassifierSpec(), progress=progress)
     return sample_quality(model, data, classifier, n, seed)
-
-
-LATENT_PICTURE_IMAGES = 2000  # enough for a readable scatter, cheap enough for every epoch
-
-
-@torch.no_grad()
-def write_latent_pictures(run_dir, model, data, device=None, n: int = LATENT_PICTURE_IMAGES) -> None:
-    """latent_scatter.png (and component_usage.png for K>1) from the first n validation images.
-
-    Validation, not test: the trainer draws these every epoch and never reads the test split.
-    """
-    from pathlib import Path
-
-    from .plots import plot_component_usage, plot_latent_scatter
-
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x = to_float(data.val.images[:n].to(device))
-    means, weights = [], []
-    for start in range(0, len(x), 500):
-        q = model.encode(x[start:start + 500])
-        means.append(q.mean.float().cpu())
-        weights.append(q.weights.double().cpu())
-    model.train(was_training)
-    labels = data.val.labels[:n] if data.val.labels is not None else None
-    plot_latent_scatter(torch.cat(means), labels, Path(run_dir) / "latent_scatter.png", data.class_names)
-    if model.config.components > 1:
-        from .runs import read_metrics
-
-        plot_component_usage(torch.cat(weights).mean(0), Path(run_dir) / "component_usage.png", read_metrics(Path(run_dir)))
-
-
-def _missing_pictures(run, data) -> None:
-    """Runs trained before the latent pictures existed get them on evaluation."""
-    needed = ["latent_scatter.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
-    if any(not (run.path / name).is_file() for name in needed) and len(data.val):
-        write_latent_pictures(run.path, run.model, data)
-
-
-def ensure_pictures(run_dir, data=None, encoder: torch.nn.Module | None = None, decoder: torch.nn.Module | None = None) -> None:
-    """Before a report: draws the latent pictures and interpolations a run lacks.
-
-    Best effort: a run without a checkpoint, or whose data cannot be loaded here (or one with
-    its own networks, without `encoder` and `decoder`), still gets its report, and the page
-    lists what is missing.
-    """
-    import sys
-    from pathlib import Path
-
-    from .errors import VaekitError
-    from .interpolate import interpolate_run
-    from .runs import load_run
-
-    run_dir = Path(run_dir)
-    try:
-        run = load_run(run_dir, encoder=encoder, decoder=decoder)
-        needed = ["latent_scatter.png", "interpolations.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
-        if all((run_dir / name).is_file() for name in needed):
-            return
-        data = data or _load_run_data(run.config)
-        _missing_pictures(run, data)
-        if not (run_dir / "interpolations.png").is_file():
-            interpolate_run(run_dir, data=data, encoder=encoder, decoder=decoder)
-    except VaekitError as exc:
-        print(f"vaekit: warning: pictures not drawn ({exc})", file=sys.stderr)

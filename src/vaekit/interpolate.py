@@ -6,6 +6,11 @@ from pathlib import Path
 
 import torch
 
+from .batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
+from .errors import VaekitError
+from .plots import save_interpolation
+from .runs import load_run, load_run_data
+
 
 def lerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     """(steps, D) points on the straight line from a to b, both ends included."""
@@ -52,16 +57,10 @@ def interpolate_run(run_dir, out: str | Path | None = None, pairs: int = 3, step
 
     `encoder` and `decoder`: fresh instances of a run's own networks, as vaekit.load_run takes them.
     """
-    from .batching import binarize_fixed, to_float
-    from .errors import VaekitError
-    from .evaluate import EVAL_BINARIZE_SEED, _load_run_data
-    from .plots import save_interpolation
-    from .runs import load_run
-
     if pairs < 1 or steps < 2:
         raise VaekitError(f"need at least one pair and two steps, got {pairs} pairs and {steps} steps")
     run = load_run(run_dir, encoder=encoder, decoder=decoder)
-    data = data or _load_run_data(run.config)
+    data = data or load_run_data(run.config)
     test = data.test.images[:200]
     x = binarize_fixed(test, EVAL_BINARIZE_SEED) if run.config.data.binarize else to_float(test)
     chosen = _pick_pairs(data.test.labels[:200] if data.test.labels is not None else None, len(test), pairs, seed)

@@ -1,8 +1,8 @@
 """Pictures of a run: image grids (PIL) and metric plots (matplotlib, Agg).
 
 Heavy imports (matplotlib, PIL) happen inside the functions so that ``import vaekit``
-stays fast.  Every function writes its file atomically (temporary file in the same
-folder, then :func:`os.replace`) and returns the path it wrote.  Matplotlib figures are
+stays fast.  Every function writes its file atomically (:func:`vaekit.atomic.atomic_write`)
+and returns the path it wrote.  Matplotlib figures are
 built as :class:`matplotlib.figure.Figure` objects on an Agg canvas, never registered
 with ``pyplot``, and are closed after saving, so plotting once per epoch leaks nothing.
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .atomic import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -42,25 +43,6 @@ RECON_PER_ROW = 8
 # ----------------------------------------------------------------------------- helpers
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_name)`` for a temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def _new_figure(figsize: tuple[float, float]) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -73,7 +55,7 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save ``fig`` as PNG atomically and release it."""
     try:
-        return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         fig.clear()
         try:  # harmless if the figure was never known to pyplot
@@ -132,7 +114,7 @@ def _save_array_png(arr: np.ndarray, path: str | os.PathLike[str]) -> Path:
     from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(arr), mode="L" if arr.ndim == 2 else "RGB")
-    return _atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def _to_float(value: Any) -> float | None:

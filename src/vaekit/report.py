@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
 from .errors import VaekitError
 
 __all__ = ["write_report", "PICTURES"]
@@ -344,8 +345,6 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 
     Raises :class:`VaekitError` when ``run_dir`` has no ``config.json``.
     """
-    from .plots import _atomic_write
-
     run = Path(run_dir)
     config_path = run / "config.json"
     if not config_path.is_file():
@@ -404,4 +403,4 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 </html>
 """
     out = run / "report.html"
-    return _atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write_text
 from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint
 from .config import RunConfig
+from .data import DatasetSplits, load_dataset
 from .errors import VaekitError
 from .model import VAE, check_networks_given
 from .usage import USAGE_COLUMNS
@@ -71,10 +74,15 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     return LoadedRun(run_dir, config, model.to(device).eval(), ckpt.state, which)
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    from .checkpoint import atomic_write_text
-    import io
+def load_run_data(config: RunConfig) -> DatasetSplits:
+    """The dataset a run was trained on, split as it was (the same validation size)."""
+    name = config.data.dataset
+    # The IDX datasets come at their own size; the others are resized to the run's.
+    image_size = None if name in ("fashion-mnist", "mnist") else config.model.image_size
+    return load_dataset(name, config.data.data_dir, image_size=image_size, val_size=config.data.val_size)
 
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     usage = [c for c in USAGE_COLUMNS if any(c in row for row in rows)]  # runs with K > 1
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + usage, extrasaction="ignore")
