@@ -9,7 +9,7 @@ Measures, with median and min/max over --repeats:
   ceiling     fp32 matrix product through torch (GFLOP/s)
   naive       a plain eager NCHW training loop of the same network, written below (K=1, K=5;
               K=5 decodes each mixture component in its own decoder call, as a first attempt would)
-  vaekit      vaekit.train.train itself on Fashion-MNIST (batching and binarisation included):
+  vaekit      vaekit.training.train itself on Fashion-MNIST (batching and binarisation included):
               images/s from the run's metrics (each epoch after the first is one repeat);
               K=5 and K=20 with --mixture-estimator pathwise, one decoder pass per image
   inference   encode+decode (posterior mean) of the plain eval model and of speed.inference_model
@@ -55,7 +55,8 @@ from vaekit.objectives import training_loss
 from vaekit.runs import read_metrics
 from vaekit.speed import inference_model, set_threads, warm_up
 from vaekit.distributed import DistContext
-from vaekit.train import check_every, StepChecks, non_finite_flags, train
+from vaekit.stops import StepChecks, check_every, non_finite_flags
+from vaekit.training import train
 
 BATCH = 128
 LATENT = 32
@@ -164,7 +165,7 @@ def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, devic
 # --------------------------------------------------------------------------- vaekit's own training
 
 def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.device, estimator: str = "marginal") -> dict:
-    """vaekit.train.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
+    """vaekit.training.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
     config = RunConfig(
         ModelConfig(latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels),
         DataConfig(dataset=data.name, train_subset=batches * BATCH),
@@ -197,7 +198,7 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     batch_s = statistics.median(timed(lambda: make_batch(images, index, True, memory_format), device) for _ in range(20))
     step_s = BATCH / statistics.median(rates)
 
-    # The per-step finite checks and gradient norm against the step: what train._step records on
+    # The per-step finite checks and gradient norm against the step: what training.training_step records on
     # the device, and the settling (the host sync; every step on a CPU, every CUDA_CHECK_EVERY on a GPU).
     model.zero_grad()
     step()
@@ -208,7 +209,7 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     def checks():
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
         step_checks.record(1, non_finite_flags(terms, norm))
-        return step_checks.settle([False, False], ctx, None) if every == 1 else None
+        return step_checks.settle([False, False], ctx) if every == 1 else None
 
     checks()
     checks_s = statistics.median(timed(checks, device) for _ in range(20))

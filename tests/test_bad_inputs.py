@@ -227,7 +227,7 @@ def test_a_path_that_cannot_be_written_is_one_line_exit_2(build, path, npz, fini
     monkeypatch.chdir(tmp_path)
     argv = build(tmp_path, npz, finished_run)
     if argv[0] == "report":  # the pictures a report draws first are not what is tested here
-        monkeypatch.setattr("vaekit.evaluate.ensure_pictures", lambda run_dir, data=None: None)
+        monkeypatch.setattr("vaekit.pictures.ensure_pictures", lambda run_dir, data=None: None)
 
     code = main(argv)
 
@@ -243,12 +243,12 @@ def test_a_path_that_cannot_be_written_is_one_line_exit_2(build, path, npz, fini
 def test_a_disk_full_before_the_first_checkpoint_leaves_no_run(npz, tmp_path, monkeypatch, capsys):
     import errno
 
-    import vaekit.train
+    import vaekit.training
 
     def full(run_dir, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "metrics.csv"))
 
-    monkeypatch.setattr(vaekit.train, "write_metrics", full)
+    monkeypatch.setattr(vaekit.training, "write_metrics", full)
     out = tmp_path / "run"
     code = main(TRAIN + ["--dataset", f"npz:{npz}", "--out", str(out)])
     err = capsys.readouterr().err

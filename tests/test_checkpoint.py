@@ -22,7 +22,7 @@ from vaekit.checkpoint import load_checkpoint, save_checkpoint
 from vaekit.cli import main
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
-from vaekit.train import train
+from vaekit.training import train
 
 
 def _state(step: int) -> dict:
@@ -247,7 +247,7 @@ def test_detect_anomaly_turns_on_anomaly_mode_and_names_the_operation(npz, tmp_p
 
 
 def _spy_optimizer(monkeypatch) -> list:
-    import vaekit.train as train_module
+    import vaekit.training as train_module
 
     made = []
     real = train_module.make_optimizer
@@ -260,9 +260,9 @@ def _spy_optimizer(monkeypatch) -> list:
 def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_update(npz, tmp_path, monkeypatch, capsys, how, message):
     # What a GPU run does: the step never waits for the host; the flags are settled every
     # CUDA_CHECK_EVERY steps, here once at the epoch's end, and bad steps were skipped on the device.
-    import vaekit.train as train_module
+    import vaekit.stops as stops_module
 
-    monkeypatch.setattr(train_module, "check_every", lambda device, detect_anomaly: 1000)
+    monkeypatch.setattr(stops_module, "check_every", lambda device, detect_anomaly: 1000)
     made = _spy_optimizer(monkeypatch)
     _poison(monkeypatch, 2, how)
     out = tmp_path / "run"
@@ -275,7 +275,7 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
 
 
 def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
-    from vaekit.train import make_optimizer
+    from vaekit.training import make_optimizer
 
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
@@ -296,7 +296,7 @@ def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
 
 
 def test_a_checkpoint_of_an_unfused_adam_resumes_fused(npz, tmp_path, monkeypatch):
-    import vaekit.train as train_module
+    import vaekit.training as train_module
 
     out = tmp_path / "run"
     class Unfused(torch.optim.Adam):  # how vaekit's checkpoints were written before the fused Adam

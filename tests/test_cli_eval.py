@@ -106,7 +106,7 @@ class _FakeWriter:
 
 
 def test_tensorboard_gets_scalars_images_and_the_embedding(tmp_path, monkeypatch):
-    from vaekit.train import train
+    from vaekit.training import train
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
     run = train(tiny_config(train__tensorboard=True), out=tmp_path / "run", data=make_tiny_splits(), progress=False)

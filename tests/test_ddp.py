@@ -17,14 +17,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import blob_images
-from vaekit import evaluate
+from vaekit import bounds
 from vaekit.batching import epoch_permutation, shard
 from vaekit.cli import main
 from vaekit.config import ModelConfig
 from vaekit.distributed import WEIGHT_HASH_ENV, DistContext
 from vaekit.model import VAE
 from vaekit.objectives import Terms, training_loss
-from vaekit.train import data_parallel
+from vaekit.training import data_parallel
 
 STEPS = 5  # 160 training images, global batch 32 (16 per rank), one epoch
 
@@ -91,14 +91,14 @@ def test_evaluation_counts_every_image_exactly_once(n, world, monkeypatch):
     images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
     images.view(n, -1)[:, 0] = torch.arange(1, n + 1, dtype=torch.uint8)
     identity = lambda model, x: Terms(x.flatten(1).sum(1) * 255, torch.ones(len(x)), torch.zeros(len(x)))  # noqa: E731
-    monkeypatch.setattr(evaluate, "elbo_terms", identity)
+    monkeypatch.setattr(bounds, "elbo_terms", identity)
     model = torch.nn.Linear(1, 1)
     seen, count = [], 0
     for rank in range(world):
         ctx = DistContext(rank, world)
         monkeypatch.setattr(ctx, "all_reduce_sum", lambda t: t)  # this rank's share only
-        seen += evaluate.bound_terms(model, images, 3, False, 0, ctx)["elbo"].round().long().tolist()
-        count += evaluate.bound_means(model, images, 3, False, 0, ctx)["count"]
+        seen += bounds.bound_terms(model, images, 3, False, 0, ctx)["elbo"].round().long().tolist()
+        count += bounds.bound_means(model, images, 3, False, 0, ctx)["count"]
     assert sorted(seen) == list(range(1, n + 1))  # no image twice, none padded in, none missing
     assert count == n
 

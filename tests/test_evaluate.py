@@ -18,7 +18,7 @@ from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, lo
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms
 from vaekit.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
-from vaekit.train import train
+from vaekit.training import train
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def _record_autocast(monkeypatch) -> list[bool]:
 
 
 def test_validation_runs_the_networks_in_fp32_and_restores_autocast(tiny_model, tiny_run, monkeypatch):
-    from vaekit.evaluate import bound_means
+    from vaekit.bounds import bound_means
 
     images = tiny_run[1].val.images
     fp32 = bound_means(tiny_model, images, 16, True, 1234)

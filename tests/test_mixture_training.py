@@ -17,7 +17,7 @@ from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms, training_loss
 from vaekit.runs import load_run, read_metrics
-from vaekit.train import VALIDATION_SEED, train
+from vaekit.training import VALIDATION_SEED, train
 from vaekit.usage import USAGE_COLUMNS, component_usage, posterior_weights
 
 

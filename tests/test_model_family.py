@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-import vaekit.train as train_module
+import vaekit.training as train_module
 from conftest import make_tiny_splits, tiny_config
 from vaekit.cli import _config_from_args, build_parser
 from vaekit.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vaekit.runs import load_run
-from vaekit.train import train
+from vaekit.training import train
 
 PRIOR_TYPES = {"normal": StandardNormalPrior, "mog": MixtureOfGaussiansPrior, "vamp": VampPrior}
 
@@ -19,7 +19,7 @@ PRIOR_TYPES = {"normal": StandardNormalPrior, "mog": MixtureOfGaussiansPrior, "v
 def no_pictures(monkeypatch):
     # The per-epoch PNGs (matplotlib) cost more than the training step; the model's own
     # sample() is called below instead.
-    monkeypatch.setattr(train_module, "_refresh_pictures", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train_module, "refresh_pictures", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from torch import nn
 import vaekit
 from vaekit.config import RunConfig
 from vaekit.errors import VaekitError
-from vaekit.evaluate import ensure_pictures, evaluate_model, evaluate_run
+from vaekit.evaluate import evaluate_model, evaluate_run
+from vaekit.pictures import ensure_pictures
 from vaekit.likelihoods import make_likelihood
 from vaekit.model import VAE, decoder_channels
 from vaekit.networks import ConvDecoder, ConvEncoder

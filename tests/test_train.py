@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny_splits, tiny_config
 from vaekit.runs import load_run, read_metrics
-from vaekit.train import train
+from vaekit.training import train
 
 
 def _weights(run_dir, which="latest"):

@@ -10,7 +10,7 @@ from .model import VAE  # noqa: E402
 def __getattr__(name: str):
     # The heavier entry points import lazily so `import vaekit` stays quick.
     if name == "train":
-        from .train import train
+        from .training import train
 
         return train
     if name in ("load_run", "LoadedRun"):

@@ -86,7 +86,7 @@ def _config_from_args(args) -> "RunConfig":
 def cmd_train(args) -> int:
     from .config import RunConfig
     from .runs import CONFIG
-    from .train import train
+    from .training import train
 
     if args.resume:
         run = Path(args.resume)
@@ -175,7 +175,7 @@ def _evaluation_summary(result: dict) -> dict:
 
 
 def cmd_compare(args) -> int:
-    from .checkpoint import atomic_write_text
+    from .atomic import atomic_write_text
     from .compare import compare_runs, format_comparison
 
     result = compare_runs(args.runs)
@@ -198,7 +198,7 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .evaluate import ensure_pictures
+    from .pictures import ensure_pictures
     from .report import write_report
 
     ensure_pictures(args.run)
@@ -275,7 +275,7 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconst
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .train import TrainingInterrupted
+    from .stops import TrainingInterrupted
 
     try:
         args = build_parser().parse_args(argv)
