@@ -54,7 +54,8 @@ from vaekit.model import VAE
 from vaekit.compare import paired_difference
 from vaekit.objectives import training_loss
 from vaekit.runs import load_run
-from vaekit.training import make_optimizer, resolve_device, train
+from vaekit.step import make_optimizer
+from vaekit.training import resolve_device, train
 
 EVAL_SEED = 2024  # the importance samples and prior samples, the same for every combination
 

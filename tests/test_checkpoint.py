@@ -247,11 +247,11 @@ def test_detect_anomaly_turns_on_anomaly_mode_and_names_the_operation(npz, tmp_p
 
 
 def _spy_optimizer(monkeypatch) -> list:
-    import vaekit.training as train_module
+    import vaekit.step as step_module
 
     made = []
-    real = train_module.make_optimizer
-    monkeypatch.setattr(train_module, "make_optimizer", lambda model, lr: made.append((model, real(model, lr))) or made[-1][1])
+    real = step_module.make_optimizer
+    monkeypatch.setattr(step_module, "make_optimizer", lambda model, lr: made.append((model, real(model, lr))) or made[-1][1])
     return made
 
 
@@ -275,7 +275,7 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
 
 
 def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
-    from vaekit.training import make_optimizer
+    from vaekit.step import make_optimizer
 
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
@@ -296,13 +296,13 @@ def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
 
 
 def test_a_checkpoint_of_an_unfused_adam_resumes_fused(npz, tmp_path, monkeypatch):
-    import vaekit.training as train_module
+    import vaekit.step as step_module
 
     out = tmp_path / "run"
     class Unfused(torch.optim.Adam):  # how vaekit's checkpoints were written before the fused Adam
         found_inf = property(lambda self: None, lambda self, value: None)
 
-    monkeypatch.setattr(train_module, "make_optimizer", lambda model, lr: Unfused(model.parameters(), lr=lr))
+    monkeypatch.setattr(step_module, "make_optimizer", lambda model, lr: Unfused(model.parameters(), lr=lr))
     assert main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 0
     assert load_checkpoint(out, with_training=True).training["optimizer"]["param_groups"][0]["fused"] is None
     monkeypatch.undo()

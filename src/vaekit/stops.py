@@ -89,7 +89,8 @@ class StepChecks:
 class Stops:
     """Owns every reason to stop early; `check` settles them all in one host sync."""
 
-    def __init__(self, model: VAE, settings: TrainConfig, ctx: DistContext, run_dir: Path, device: torch.device) -> None:
+    def __init__(self, model: VAE, settings: TrainConfig, ctx: DistContext, run_dir: Path,
+                 device: torch.device) -> None:
         self.model, self.settings, self.ctx, self.run_dir = model, settings, ctx, run_dir
         self.checks = StepChecks(check_every(device, settings.detect_anomaly), device)
         self.signals = _SignalFlag()

@@ -1,15 +1,21 @@
-"""Where training stands, as a checkpoint's state.json saves it so that a resumed run replays exactly."""
+"""Where training stands, and the checkpoint that saves it with the weights, the optimizer and
+the RNG states, so that a resumed run replays exactly."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import __version__
+from .checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from .distributed import DistContext
+from .errors import VaekitError
 from .objectives import Terms
+from .step import Trainer
 
 
 @dataclass
@@ -69,3 +75,56 @@ class RunningSums:
         """A host sync; with `ctx`, the sums over every rank."""
         total = ctx.all_reduce_sum(self.total.clone()) if ctx is not None else self.total
         return EpochSums(*total.tolist())
+
+
+def save_training(run_dir: Path, trainer: Trainer, state: TrainState, device: torch.device, best: bool = False) -> None:
+    """Rank 0 writes the checkpoint (and points `best` at it when asked); every rank's RNG state
+    is gathered into it, so a resumed multi-process run replays exactly. Every rank calls it."""
+    rngs = trainer.ctx.gather_objects(torch.get_rng_state())
+    if not trainer.ctx.is_master:
+        return
+    training = {"optimizer": trainer.optimizer.state_dict(), "rng": rngs}
+    if device.type == "cuda":
+        training["cuda_rng"] = [torch.cuda.get_rng_state(device)]
+    meta = {**state.to_json(), "vaekit_version": __version__}
+    pointers = ("latest", "best") if best else ("latest",)
+    try:
+        save_checkpoint(run_dir, trainer.model.state_dict(), meta, training, pointers=pointers)
+    except OSError as exc:  # disk full, folder removed: the previous checkpoint is still whole
+        raise VaekitError(f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}); "
+                          "the previous one is kept; free space and resume") from None
+
+
+def restore_training(run_dir: Path, trainer: Trainer, device: torch.device) -> TrainState:
+    """Model, optimizer, counters and this rank's RNG state from the latest checkpoint."""
+    ckpt = load_checkpoint(run_dir, "latest", with_training=True)
+    check_state_dict(trainer.model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
+    training = ckpt.training if isinstance(ckpt.training, dict) else {}
+    missing = sorted(set(TrainState.keys()) - set(ckpt.state)) + [k for k in ("optimizer", "rng") if k not in training]
+    if missing:
+        raise VaekitError(f"{ckpt.path} lacks {', '.join(missing)}; it cannot be resumed exactly, start a new run")
+    trainer.model.load_state_dict(ckpt.model)
+    try:
+        _load_optimizer(trainer.optimizer, training["optimizer"])
+        rngs = training["rng"]
+        torch.set_rng_state(rngs[trainer.ctx.rank] if trainer.ctx.rank < len(rngs) else rngs[0])
+        if device.type == "cuda" and "cuda_rng" in training:
+            cuda_rngs = training["cuda_rng"]
+            torch.cuda.set_rng_state(cuda_rngs[min(trainer.ctx.rank, len(cuda_rngs) - 1)], device)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+        where = ckpt.path / "training_state.pt"
+        raise VaekitError(f"{where} does not fit this model ({cause}); start a new run") from None
+    return TrainState.from_json(ckpt.state)
+
+
+def _load_optimizer(optimizer: torch.optim.Adam, saved: dict[str, Any]) -> None:
+    """load_state_dict, keeping the Adam fused: loading takes each group's options from the saved
+    state, and a state saved from an unfused Adam would load unfused, which refuses `found_inf`."""
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        group["fused"] = True
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:  # the fused kernel wants its step counters as float32 on the parameter's device
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)

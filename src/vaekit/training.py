@@ -8,38 +8,33 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
-import math
 import os
-import random
 import shutil
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import __version__
 from .batching import batch_count, binarize_fixed, epoch_permutation, make_batch, shard, to_float
 from .bounds import bound_means
-from .checkpoint import check_state_dict, has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DatasetSplits
 from .distributed import DistContext, WeightHashLog, init_distributed, shutdown_distributed
 from .errors import VaekitError
-from .model import VAE, check_networks_given
-from .objectives import Terms, training_loss
+from .model import VAE
 from .pictures import refresh_pictures
 from .runs import CONFIG, default_run_dir, load_run_data, write_metrics
-from .stops import Stop, Stops, TrainingInterrupted, non_finite_flags
+from .step import Trainer, build_trainer, data_parallel, kl_weight, memory_format, training_step
+from .stops import Stop, Stops
 from .tensorboard_log import TensorBoardLogger, open_logger
-from .train_state import EpochSums, RunningSums, TrainState
+from .train_state import EpochSums, RunningSums, TrainState, restore_training, save_training
 from .usage import USAGE_COLUMNS, component_usage, posterior_weights
 
 VALIDATION_SEED = 1234  # fixed, so validation numbers compare across runs and seeds
@@ -80,74 +75,6 @@ def train(
         raise
     finally:
         shutdown_distributed(ctx)
-
-
-# --------------------------------------------------------------------------- one step
-
-
-@dataclass
-class Trainer:
-    """What an optimizer step needs."""
-
-    model: VAE
-    net: Callable[..., Terms]  # the model, or the model through DistributedDataParallel
-    optimizer: torch.optim.Adam
-    settings: TrainConfig
-    ctx: DistContext
-
-
-@dataclass
-class StepOutput:
-    terms: Terms
-    loss: torch.Tensor
-    bad: torch.Tensor  # (3,) on the device: 1 where the reconstruction, KL or gradient was not finite on a rank
-    anomaly: str | None  # the operation --detect-anomaly named
-
-
-def training_step(trainer: Trainer, x: torch.Tensor, lr: float, kl_w: float) -> StepOutput:
-    """One optimizer step on batch x, with no host sync: a non-finite loss or gradient on any
-    rank makes every rank skip the update on the device; Stops reports it later."""
-    t, optimizer = trainer.settings, trainer.optimizer
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    terms = trainer.net(x, iw_samples=t.iw_samples, estimator=t.mixture_estimator)
-    loss = training_loss(terms, kl_w, t.free_bits)
-    optimizer.zero_grad(set_to_none=True)
-    anomaly = _backward(loss, t.detect_anomaly)  # only under --detect-anomaly, where every step is settled
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), t.grad_clip or math.inf)
-    bad = non_finite_flags(terms, grad_norm)
-    if anomaly is not None:
-        bad[2] = 1.0
-    bad = trainer.ctx.all_reduce_max(bad)  # every rank skips the same steps
-    optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
-    optimizer.step()
-    return StepOutput(terms, loss, bad, anomaly)
-
-
-def _backward(loss: torch.Tensor, detect_anomaly: bool) -> str | None:
-    """loss.backward(); under --detect-anomaly a NaN makes autograd raise naming the operation,
-    which is returned (first line) so training stops with one line instead of a traceback."""
-    try:
-        loss.backward()
-    except RuntimeError as exc:
-        if not detect_anomaly:
-            raise
-        return (str(exc).strip().splitlines() or ["anomaly"])[0]
-    return None
-
-
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam, fused: one kernel for all parameters, and it skips a step whose `found_inf` is set
-    without the host looking at it (what lets a GPU step run without a sync)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-
-
-def kl_weight(config: RunConfig, epoch: int, progress_in_epoch: float) -> float:
-    """Linear KL warm-up from 0 to beta over `kl_warmup` epochs."""
-    t = config.train
-    if t.kl_warmup <= 0:
-        return t.beta
-    return t.beta * min(1.0, (epoch + progress_in_epoch) / t.kl_warmup)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -256,7 +183,7 @@ def _train_batch(run: Run, stops: Stops, epoch: Epoch) -> Stop | None:
     epoch.sums.add(out.terms, out.loss, x.shape[0])
     if (stop is not None or save_due) and state.position < epoch.batches:  # the epoch's end saves anyway
         state.sums, state.seconds = epoch.sums.read(), epoch.seconds()
-        _save(run)
+        save_training(run.run_dir, run.trainer, state, run.device)
     return stop
 
 
@@ -285,7 +212,7 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
     state.epoch, state.position, state.sums, state.seconds = state.epoch + 1, 0, None, 0.0
     if ctx.is_master:
         write_metrics(run.run_dir, state.history)
-    _save(run, best=is_best)  # on every rank: it gathers their RNG states
+    save_training(run.run_dir, run.trainer, state, run.device, best=is_best)  # every rank: it gathers their RNGs
     if not ctx.is_master:
         return
     refresh_pictures(run.run_dir, run.trainer.model, run.data, run.device)
@@ -333,14 +260,14 @@ def _open_run(config: RunConfig, run_dir: Path, resuming: bool, data: DatasetSpl
     images = data.train.images[: config.data.train_subset] if config.data.train_subset else data.train.images
     _check_batch_size(t.batch_size, len(images), ctx)
     config.version = __version__
-    trainer = _build_trainer(config, given, run_dir, resuming, ctx, device)
-    state = _restore(run_dir, trainer, device) if resuming else _start(config, run_dir, ctx)
+    trainer = build_trainer(config, given, run_dir if resuming else None, ctx, device)
+    state = restore_training(run_dir, trainer, device) if resuming else _start(config, run_dir, ctx)
     if ctx.enabled:
         trainer.net = data_parallel(trainer.model, device)
     log = WeightHashLog(ctx.rank)
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
     run = Run(config, run_dir, data, images.to(device), data.val.images.to(device), trainer, state, device,
-              _memory_format(t, trainer.model), log, tb)
+              memory_format(t, trainer.model), log, tb)
     if ctx.is_master and not t.is_elbo:
         print(f"vaekit: training a {t.objective_name}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
     return run
@@ -382,141 +309,8 @@ def _check_batch_size(batch_size: int, images: int, ctx: DistContext) -> None:
         raise VaekitError(f"--batch-size {batch_size} is larger than the {images} training images; lower it")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _build_trainer(config: RunConfig, given: VAE | None, run_dir: Path, resuming: bool, ctx: DistContext,
-                   device: torch.device) -> Trainer:
-    """The model (seeded, so the same seed gives the same initial weights) and its optimizer."""
-    t = config.train
-    seed_everything(t.seed)
-    model = _model_to_train(config, given, run_dir, resuming).to(device)
-    model = model.to(memory_format=_memory_format(t, model))
-    model.autocast = device.type == "cuda"  # bf16 networks on a GPU, fp32 bounds; on CPU bf16 was ~20x slower
-    optimizer = make_optimizer(model, t.lr)
-    # Each rank draws its own binarisation and reparameterisation noise.
-    torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
-    return Trainer(model, model, optimizer, t, ctx)
-
-
-def _memory_format(t: TrainConfig, model: VAE) -> torch.memory_format:
-    # channels_last was measured for the conv networks; a user's networks get plain NCHW
-    # batches, which a module that .view()s its input needs.
-    return torch.channels_last if t.channels_last and not model.custom_networks else torch.contiguous_format
-
-
-def _model_to_train(config: RunConfig, given: VAE | None, run_dir: Path, resuming: bool) -> VAE:
-    """A new VAE for config.model, or the caller's one checked against it."""
-    if given is None:
-        where = f"resume={str(run_dir)!r}" if resuming else "out=..."
-        check_networks_given(config.model, None, None, what=f"the config of {run_dir}" if resuming else "the config",
-                             how=f"vaekit.train(config, model=vaekit.VAE(config.model, encoder=..., decoder=...), {where})")
-        return VAE(config.model)
-    if not isinstance(given, VAE):
-        raise VaekitError(f"model= must be a vaekit.VAE, got {type(given).__name__}; "
-                          "wrap your networks: VAE(config.model, encoder=..., decoder=...)")
-    for f in dataclasses.fields(config.model):
-        if f.name in ("custom_encoder", "custom_decoder"):
-            continue
-        wanted, built = getattr(config.model, f.name), getattr(given.config, f.name)
-        if wanted != built:
-            raise VaekitError(f"model= was built with {f.name}={built!r} but the config (and its data) has {wanted!r}; "
-                              "build the VAE from this config.model")
-    config.model = given.config  # config.json records the user's networks' class names
-    return given
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
 def _start(config: RunConfig, run_dir: Path, ctx: DistContext) -> TrainState:
     if ctx.is_master:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG)
     return TrainState()
-
-
-def _save(run: Run, best: bool = False) -> None:
-    """Rank 0 writes the checkpoint; every rank's RNG state is gathered into it, so a resumed
-    multi-process run replays exactly."""
-    ctx = run.trainer.ctx
-    rngs = ctx.gather_objects(torch.get_rng_state())
-    if not ctx.is_master:
-        return
-    training = {"optimizer": run.trainer.optimizer.state_dict(), "rng": rngs}
-    if run.device.type == "cuda":
-        training["cuda_rng"] = [torch.cuda.get_rng_state(run.device)]
-    meta = {**run.state.to_json(), "vaekit_version": __version__}
-    pointers = ("latest", "best") if best else ("latest",)
-    try:
-        save_checkpoint(run.run_dir, run.trainer.model.state_dict(), meta, training, pointers=pointers)
-    except OSError as exc:  # disk full, folder removed: the previous checkpoint is still whole
-        raise VaekitError(f"could not write a checkpoint in {run.run_dir} ({exc.strerror or exc}); "
-                          "the previous one is kept; free space and resume") from None
-
-
-def _restore(run_dir: Path, trainer: Trainer, device: torch.device) -> TrainState:
-    """Model, optimizer, counters and this rank's RNG state from the latest checkpoint."""
-    ckpt = load_checkpoint(run_dir, "latest", with_training=True)
-    check_state_dict(trainer.model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
-    training = ckpt.training if isinstance(ckpt.training, dict) else {}
-    missing = sorted(set(TrainState.keys()) - set(ckpt.state)) + [k for k in ("optimizer", "rng") if k not in training]
-    if missing:
-        raise VaekitError(f"{ckpt.path} lacks {', '.join(missing)}; it cannot be resumed exactly, start a new run")
-    trainer.model.load_state_dict(ckpt.model)
-    try:
-        _load_optimizer(trainer.optimizer, training["optimizer"])
-        rngs = training["rng"]
-        torch.set_rng_state(rngs[trainer.ctx.rank] if trainer.ctx.rank < len(rngs) else rngs[0])
-        if device.type == "cuda" and "cuda_rng" in training:
-            cuda_rngs = training["cuda_rng"]
-            torch.cuda.set_rng_state(cuda_rngs[min(trainer.ctx.rank, len(cuda_rngs) - 1)], device)
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
-        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise VaekitError(f"{ckpt.path / 'training_state.pt'} does not fit this model ({cause}); start a new run") from None
-    return TrainState.from_json(ckpt.state)
-
-
-def _load_optimizer(optimizer: torch.optim.Adam, saved: dict[str, Any]) -> None:
-    """load_state_dict, keeping the Adam fused: loading takes each group's options from the
-    saved state, and an optimizer saved unfused would refuse the step's `found_inf`."""
-    optimizer.load_state_dict(saved)
-    for group in optimizer.param_groups:
-        group["fused"] = True
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            if "step" in state:  # the fused kernel wants its step counters as float32 on the parameter's device
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
-
-
-# --------------------------------------------------------------------------- several processes
-
-
-def data_parallel(model: VAE, device: torch.device) -> Callable[..., Terms]:
-    """model(x, iw_samples=S, estimator=E) through DistributedDataParallel, as Terms, for an initialised process group."""
-    # static_graph: with K=1 the mixture-logits head never gets a gradient, always the same set.
-    device_ids = [device.index] if device.type == "cuda" else None
-    ddp = torch.nn.parallel.DistributedDataParallel(_TupleTerms(model), device_ids=device_ids, static_graph=True)
-    return functools.partial(_ddp_terms, ddp)
-
-
-def _ddp_terms(ddp: torch.nn.Module, x: torch.Tensor, iw_samples: int = 1, estimator: str = "marginal") -> Terms:
-    return Terms(*ddp(x, iw_samples=iw_samples, estimator=estimator))
-
-
-class _TupleTerms(torch.nn.Module):
-    """What DDP wraps: the model's terms as a tuple. DDP cannot see the tensors inside the Terms
-    dataclass; with the unused K=1 logits head it then skipped the gradient all-reduce without a
-    word (ranks drifted apart; the weight-hash test caught it). A tuple it can follow: every
-    field in order, so the flags that choose the loss (importance_weighted) come back too."""
-
-    def __init__(self, model: VAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, iw_samples: int = 1, estimator: str = "marginal") -> tuple[Any, ...]:
-        terms = self.model(x, iw_samples=iw_samples, estimator=estimator)
-        return tuple(getattr(terms, f.name) for f in dataclasses.fields(terms))  # astuple would deep-copy the graph away
