@@ -31,7 +31,7 @@ from .errors import VaekitError
 from .model import VAE
 from .pictures import refresh_pictures
 from .runs import CONFIG, default_run_dir, load_run_data, write_metrics
-from .step import Trainer, build_trainer, data_parallel, kl_weight, memory_format, training_step
+from .step import StepOutput, Trainer, build_trainer, data_parallel, kl_weight, memory_format, training_step
 from .stops import Stop, Stops
 from .tensorboard_log import TensorBoardLogger, open_logger
 from .train_state import EpochSums, RunningSums, TrainState, restore_training, save_training
@@ -174,17 +174,22 @@ def _train_batch(run: Run, stops: Stops, epoch: Epoch) -> Stop | None:
     out = training_step(run.trainer, x, lr, kl_weight(run.config, epoch.number, i / epoch.batches))
     state.position += 1
     state.step += 1
-    stops.record(state.step, out.bad, out.anomaly)
+    _accumulate(run, stops, epoch, out, x.shape[0])
     save_due = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
     stop = stops.check(state.step, x) if save_due or stops.due(state.position, epoch.batches) else None
-    run.weight_log(state.step, run.trainer.model)
-    if run.tb:
-        run.tb.step(state.step, out.loss, out.terms)
-    epoch.sums.add(out.terms, out.loss, x.shape[0])
     if (stop is not None or save_due) and state.position < epoch.batches:  # the epoch's end saves anyway
         state.sums, state.seconds = epoch.sums.read(), epoch.seconds()
         save_training(run.run_dir, run.trainer, state, run.device)
     return stop
+
+
+def _accumulate(run: Run, stops: Stops, epoch: Epoch, out: StepOutput, images: int) -> None:
+    """The step's running sums and non-finite flags (both stay on the device) and its logs."""
+    epoch.sums.add(out.terms, out.loss, images)
+    stops.record(run.state.step, out.bad, out.anomaly)
+    run.weight_log(run.state.step, run.trainer.model)
+    if run.tb:
+        run.tb.step(run.state.step, out.loss, out.terms)
 
 
 def _progress_bar(run: Run, epoch: Epoch, progress: bool) -> tqdm:
@@ -228,9 +233,10 @@ def _metrics_row(run: Run, totals: EpochSums, seconds: float) -> dict[str, Any]:
     model, binarize = run.trainer.model, run.config.data.binarize
     val = bound_means(model, run.val_images, 256, binarize, VALIDATION_SEED, run.trainer.ctx)
     row = {
-        "epoch": run.state.epoch + 1, "step": run.state.step, "objective": run.settings.objective_name,
+        "epoch": run.state.epoch + 1, "step": run.state.step,
+        "objective": run.settings.objective_name,  # what train_elbo holds
         "train_elbo": totals.mean("elbo"), "train_recon": totals.mean("recon"), "train_kl": totals.mean("kl"),
-        "train_loss": totals.mean("loss"),  # the objective named above, which train_elbo holds too
+        "train_loss": totals.mean("loss"),
         "val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
         "seconds": seconds, "images_per_s": totals.images / seconds,
     }
@@ -250,7 +256,7 @@ def _open_run(config: RunConfig, run_dir: Path, resuming: bool, data: DatasetSpl
     t = config.train
     device = _local_device(resolve_device(t.device), ctx)
     if not resuming:
-        prepare_run_dir(run_dir, ctx)  # every rank checks (it only reads) ...
+        prepare_run_dir(run_dir)  # every rank checks (it only reads) ...
         ctx.barrier()  # ... before rank 0 writes config.json, which a late rank would take for an existing run
     elif not has_checkpoint(run_dir):
         raise VaekitError(f"{run_dir} has no checkpoint to resume from; "
@@ -289,7 +295,7 @@ def _local_device(device: torch.device, ctx: DistContext) -> torch.device:
     return device
 
 
-def prepare_run_dir(out: Path, ctx: DistContext) -> None:
+def prepare_run_dir(out: Path) -> None:
     """Refuses a file, a read-only folder or an existing run before anything is written."""
     if out.exists() and not out.is_dir():
         raise VaekitError(f"--out {out} is a file; pass a folder path")
