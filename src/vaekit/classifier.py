@@ -17,9 +17,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm import tqdm
 
+from . import __version__
+from .atomic import atomic_write_bytes
+from .data.images import cache_dir
 from .errors import VaekitError
 
 CLASSIFIER_SEED = 20240611  # fixed: the same cached classifier whatever the run's seed
@@ -88,8 +93,6 @@ def data_pixels(images: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def cache_path(checksum: str, spec: ClassifierSpec) -> Path:
-    from .data.images import cache_dir
-
     safe = "".join(c for c in checksum if c.isalnum() or c in "-_.") or "unnamed"
     return cache_dir("classifiers") / f"{safe}{spec.tag()}.safetensors"
 
@@ -114,8 +117,6 @@ def _build(spec: ClassifierSpec, shape: dict) -> FeatureClassifier:
 
 def _load(path: Path, spec: ClassifierSpec, shape: dict) -> TrainedClassifier | None:
     """The cached net, or None (retrain) when the file is damaged or was made for another shape."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -135,11 +136,6 @@ def _load(path: Path, spec: ClassifierSpec, shape: dict) -> TrainedClassifier | 
 
 
 def _train_and_cache(data, spec: ClassifierSpec, shape: dict, path: Path, progress: bool) -> TrainedClassifier:
-    from safetensors.torch import save
-
-    from . import __version__
-    from .atomic import atomic_write_bytes
-
     x_train = data_pixels(data.train.images, data.image_size)
     y_train = data.train.labels
     net = _build(spec, shape)
@@ -150,7 +146,7 @@ def _train_and_cache(data, spec: ClassifierSpec, shape: dict, path: Path, progre
     info = {"shape": shape, "spec": asdict(spec), "test_accuracy": accuracy, "dataset": data.name, "checksum": data.checksum,
             "train_images": len(y_train), "vaekit_version": __version__}
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata={"vaekit_classifier": json.dumps(info)}))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"vaekit_classifier": json.dumps(info)}))
     return TrainedClassifier(net.eval(), accuracy, path, spec, cached=False)
 
 

@@ -90,8 +90,10 @@ def evaluate_model(
     x_all = binarize_fixed(images.to(device), EVAL_BINARIZE_SEED) if binarize else to_float(images.to(device))
     per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}
     means, weights = [], []
-    bar = tqdm(total=len(x_all) * samples, desc="importance samples", unit="", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)
-    with full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+    bar = tqdm(total=len(x_all) * samples, desc="importance samples", unit="", unit_scale=True, disable=not progress,
+               leave=False, dynamic_ncols=True)
+    with (full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+          torch.inference_mode()):
         torch.manual_seed(seed)
         for start in range(0, len(x_all), batch_size):
             x = x_all[start:start + batch_size]
@@ -113,7 +115,10 @@ def evaluate_model(
     # depends on the units of x and is no code length.
     test["bits_per_dim"] = _mean_and_stderr(nll / (pixels * math.log(2))) if is_likelihood else None
     posterior_means = torch.cat(means)  # (N, D)
-    variance = posterior_means.var(0, unbiased=True) if len(posterior_means) > 1 else torch.zeros(posterior_means.shape[1], dtype=torch.float64)
+    if len(posterior_means) > 1:
+        variance = posterior_means.var(0, unbiased=True)
+    else:
+        variance = torch.zeros(posterior_means.shape[1], dtype=torch.float64)
     result = {
         "test": test,
         "number_kind": kind,
@@ -144,7 +149,8 @@ def evaluate_model(
 # --------------------------------------------------------------------------- sample quality
 
 @torch.no_grad()
-def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SAMPLING_SEED, k: int = 3, batch_size: int = 500) -> dict:
+def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SAMPLING_SEED, k: int = 3,
+                   batch_size: int = 500) -> dict:
     """Fréchet distance and k-NN precision/recall in the classifier's features.
 
     The model's N prior samples (decoded means) against the test set, and N training images
@@ -215,19 +221,20 @@ def evaluate_run(
     data = data or load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
-    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress, fast=fast, compile=compile,
-                            keep_per_image=True)
+    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress,
+                            fast=fast, compile=compile, keep_per_image=True)
     seconds = {"bounds_and_nll": time.perf_counter() - started}
     values = result.pop("per_image")
     per_image = PerImage(index=np.arange(len(images), dtype=np.int64),  # the first N of the test split
                          elbo=values["elbo"], nll=values.get("nll"))
+    selection = f"first {len(images)} of {len(data.test)}" if len(images) < len(data.test) else f"all {len(images)}"
     out = {
         "settings": {
             "nll_samples": samples,
             "test_subset": test_subset,
             "test_images": len(images),
             "test_set_size": len(data.test),
-            "test_selection": f"first {len(images)} of {len(data.test)}" if len(images) < len(data.test) else f"all {len(images)}",
+            "test_selection": selection,
             "test_indices_sha256": indices_sha256(per_image.index),
             "binarized": run.config.data.binarize,
             "binarize_seed": EVAL_BINARIZE_SEED if run.config.data.binarize else None,

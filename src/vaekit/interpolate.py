@@ -39,7 +39,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolation_strips(model, images: torch.Tensor, pairs: list[tuple[int, int]], steps: int = 10) -> tuple[list[torch.Tensor], list[str]]:
+def interpolation_strips(model, images: torch.Tensor, pairs: list[tuple[int, int]],
+                         steps: int = 10) -> tuple[list[torch.Tensor], list[str]]:
     """For each (i, j): a linear and a spherical strip (steps, C, H, W) between the posterior means."""
     model.eval()
     means = model.encode(images).mean  # (N, D)
@@ -79,7 +80,8 @@ def _pick_pairs(labels: torch.Tensor | None, n: int, pairs: int, seed: int) -> l
         used = {k for pair in chosen for k in pair}
         if i in used:
             continue
-        partner = next((j for j in order if j != i and j not in used and (labels is None or labels[j] != labels[i])), None)
+        partners = (j for j in order if j != i and j not in used and (labels is None or labels[j] != labels[i]))
+        partner = next(partners, None)
         if partner is not None:
             chosen.append((i, partner))
     if not chosen:

@@ -48,9 +48,11 @@ def check_run_dir(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise VaekitError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --out` wrote")
     if not (run_dir / CONFIG).is_file():
-        raise VaekitError(f"{run_dir} is not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote")
+        raise VaekitError(f"{run_dir} is not a vaekit run directory (no {CONFIG}); "
+                          "pass the folder `vaekit train --out` wrote")
     if not has_checkpoint(run_dir, "latest"):
-        raise VaekitError(f"{run_dir} has no checkpoint yet; train it (or resume it) until an epoch or --checkpoint-every step completes")
+        raise VaekitError(f"{run_dir} has no checkpoint yet; "
+                          "train it (or resume it) until an epoch or --checkpoint-every step completes")
     return run_dir
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .batching import to_float
 from .errors import VaekitError
 
 EMBEDDING_IMAGES = 500  # the projector shows a thumbnail per point; more is slow to load
@@ -35,8 +36,6 @@ class TensorBoardLogger:
 
     @torch.no_grad()
     def epoch(self, epoch: int, model, data, row: dict) -> None:
-        from .batching import to_float
-
         for name in ("val_elbo", "val_recon", "val_kl"):
             if row.get(name) is not None:
                 self.writer.add_scalar(f"val/{name[4:]}", float(row[name]), epoch)
