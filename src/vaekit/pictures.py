@@ -60,7 +60,7 @@ def write_latent_pictures(run_dir: str | Path, model: VAE, data: DatasetSplits, 
 
 
 def missing_pictures(run: LoadedRun, data: DatasetSplits) -> None:
-    """Draws the latent pictures of a run trained before they existed."""
+    """Draws the latent pictures the run's folder lacks."""
     needed = ["latent_scatter.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
     if any(not (run.path / name).is_file() for name in needed) and len(data.val):
         write_latent_pictures(run.path, run.model, data)
