@@ -320,7 +320,7 @@ def _load_run_data(config):
     from .data import load_dataset
 
     name = config.data.dataset
-    return load_dataset(name, config.data.data_dir, image_size=None if name in ("fashion-mnist", "mnist") else config.model.image_size,
+    return load_dataset(name, config.data.data_dir, image_size=config.dataset_image_size(),
                         val_size=config.data.val_size)
 
 

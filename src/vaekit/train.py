@@ -97,7 +97,7 @@ def train(
     channels), and config.json records its networks' class names. Resuming such a run needs the
     model again: train(config, model=VAE(config.model, encoder=..., decoder=...), resume=run_dir).
     """
-    config.validate()
+    config = config.resolved().validate()  # a copy: the caller's config is left as it was
     t = config.train
     device = resolve_device(t.device)
     ctx = init_distributed(device.type)
@@ -128,7 +128,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     if not fresh and not has_checkpoint(run_dir):
         raise VaekitError(f"{run_dir} has no checkpoint to resume from; start it again with `vaekit train --out {run_dir}` after removing it")
 
-    data = data or load_dataset(config.data.dataset, config.data.data_dir, image_size=None if config.data.dataset in ("fashion-mnist", "mnist") else config.model.image_size,
+    data = data or load_dataset(config.data.dataset, config.data.data_dir, image_size=config.dataset_image_size(),
                                 val_size=config.data.val_size)
     config.model.image_size, config.model.channels = data.image_size, data.channels
     train_images = data.train.images[: config.data.train_subset] if config.data.train_subset else data.train.images
