@@ -65,7 +65,7 @@ class ModelConfig:
     mixture_weights: str = setting("learned", "learned: the encoder's softmax weights (default); "
                                               "equal: every component weighs 1/K", choices=MIXTURE_WEIGHTS)
     channels: int = internal(1)  # the data's
-    # The data's size, which training fills in for the datasets of FIXED_SIZE_DATASETS.
+    # Training records the data's size here: 28 for FIXED_SIZE_DATASETS, whatever was asked.
     image_size: int = setting(28, "image size for folder/npz/digits data (28, 32 or 64)")
     prior: str = setting("normal", "normal (default), mog (a learned mixture) or vamp (the VampPrior)")
     prior_components: int = setting(10, "components of the mog prior or pseudo-inputs of the VampPrior", metavar="M")
@@ -119,7 +119,6 @@ class DataConfig:
     dataset: str = setting("fashion-mnist", "fashion-mnist (default), mnist, digits, cifar10, folder:PATH, npz:PATH")
     data_dir: str | None = setting(None, "folder holding the dataset files")
     train_subset: int | None = setting(None, "use only the first N training images")
-    # None is the dataset's default: the last 5,000 of Fashion-MNIST's 60,000.
     val_size: int | None = setting(None, "validation images held out of the training set (default: the dataset's, "
                                          "5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)",
                                    metavar="N")
