@@ -7,7 +7,8 @@ import torch
 
 import vaekit.training as train_module
 from conftest import make_tiny_splits, tiny_config
-from vaekit.cli import _config_from_args, build_parser
+from vaekit.cli import build_parser
+from vaekit.flags import config_from_args
 from vaekit.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vaekit.runs import load_run
 from vaekit.training import train
@@ -74,7 +75,7 @@ def test_cli_flags_reach_the_model_config():
     args = build_parser().parse_args(["train", "--likelihood", "logistic", "--logistic-mixtures", "3", "--prior", "vamp",
                                       "--prior-components", "7", "--gaussian-variance", "global", "--iw-samples", "4",
                                       "--max-minutes", "2.5", "--lr-schedule", "cosine"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     m = config.model
     assert (m.likelihood, m.logistic_mixtures, m.prior, m.prior_components, m.gaussian_variance) == ("logistic", 3, "vamp", 7, "global")
     assert config.data.binarize is False and config.train.iw_samples == 4 and config.train.max_minutes == 2.5
@@ -112,7 +113,7 @@ def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
 
 
 def test_width_scales_every_block_and_survives_a_reload(splits, tmp_path):
-    config = _config_from_args(build_parser().parse_args(["train", "--width", "64", "--latent-size", "4", "--dataset", "blobs"]))
+    config = config_from_args(build_parser().parse_args(["train", "--width", "64", "--latent-size", "4", "--dataset", "blobs"]))
     config.data.train_subset, config.train.batch_size, config.train.epochs = 8, 8, 1
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
     model = load_run(out).model

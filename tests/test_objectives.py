@@ -120,6 +120,8 @@ def test_config_refuses_beta_with_importance_weights_and_trains_grey_likelihoods
     with pytest.raises(VaekitError, match="iw-samples"):
         RunConfig(train=TrainConfig(iw_samples=5, kl_warmup=2)).validate()
     for likelihood in ("continuous-bernoulli", "gaussian", "logistic"):
-        assert RunConfig(ModelConfig(likelihood=likelihood), DataConfig(binarize=True)).validate().data.binarize is False
-    assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=True)).validate().data.binarize is True
-    assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=False)).validate().data.binarize is False
+        config = RunConfig(ModelConfig(likelihood=likelihood), DataConfig(binarize=True))
+        assert config.resolved().data.binarize is False
+        assert config.validate().data.binarize is True  # validating only checks; resolved() returned a copy
+    assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=True)).resolved().data.binarize is True
+    assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=False)).resolved().data.binarize is False

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import MIXTURE_ESTIMATORS, MIXTURE_WEIGHTS
 from .errors import VaekitError
+from .flags import add_config_flags, config_from_args, given_settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,68 +19,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE and write a run directory")
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), mnist, digits, cifar10, folder:PATH, npz:PATH")
-    p.add_argument("--data-dir", help="folder holding the dataset files")
-    p.add_argument("--image-size", type=int, help="image size for folder/npz/digits data (28, 32 or 64)")
-    p.add_argument("--latent-size", type=int, default=32)
-    p.add_argument("--width", type=int, default=256, help="channels of the widest conv block (default 256, the notebook's; 128 trains ~3x faster on a CPU)")
-    p.add_argument("--components", type=int, default=1, help="mixture components K of q(z|x)")
-    p.add_argument("--mixture-weights", default="learned", choices=MIXTURE_WEIGHTS,
-                   help="learned: the encoder's softmax weights (default); equal: every component weighs 1/K")
-    p.add_argument("--prior", default="normal", help="normal (default), mog (a learned mixture) or vamp (the VampPrior)")
-    p.add_argument("--prior-components", type=int, default=10, metavar="M", help="components of the mog prior or pseudo-inputs of the VampPrior")
-    p.add_argument("--likelihood", default="bernoulli", help="bernoulli (default), continuous-bernoulli, gaussian or logistic; all but bernoulli train on grey levels")
-    p.add_argument("--logistic-mixtures", type=int, default=1, help="components of the discretised logistic likelihood")
-    p.add_argument("--gaussian-variance", default="pixel", help="learned variance of the gaussian likelihood: pixel or global")
-    p.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
-    p.add_argument("--max-minutes", type=float, metavar="MIN", help="wall-clock budget: stop at the first step past it with a resumable checkpoint")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-schedule", default="constant", help="constant (default) or cosine: anneal --lr to 0 over --epochs")
-    p.add_argument("--seed", type=int, default=69420)
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (not 1: a beta-objective, not the ELBO)")
-    p.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL annealing")
-    p.add_argument("--free-bits", type=float, default=0.0, help="free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose batch-mean KL "
-                   "is below this many nats; only with --components 1 and --prior normal")
-    p.add_argument("--iw-samples", type=int, default=1, help="train on the importance-weighted bound with S samples")
-    p.add_argument("--mixture-estimator", default="marginal", choices=MIXTURE_ESTIMATORS,
-                   help="for --components > 1: marginal decodes every component (K decoder passes; default), stratified trains "
-                        "SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from the whole "
-                        "mixture with gradients to the weights (one pass per sample)")
-    p.add_argument("--train-subset", type=int, help="use only the first N training images")
-    p.add_argument("--val-size", type=int, metavar="N", help="validation images held out of the training set "
-                   "(default: the dataset's, 5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)")
-    p.add_argument("--grey", action="store_true", help="train on grey levels instead of dynamically binarised pixels")
     p.add_argument("--out", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--detect-anomaly", action="store_true")
-    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
-    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs `pip install tensorboard`)")
-    p.add_argument("--device", default="auto", choices=None, help="auto, cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _config_from_args(args) -> "RunConfig":
-    from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-
-    model = ModelConfig(
-        latent_size=args.latent_size, width=args.width, components=args.components, mixture_weights=args.mixture_weights, prior=args.prior,
-        prior_components=args.prior_components, likelihood=args.likelihood,
-        logistic_mixtures=args.logistic_mixtures, gaussian_variance=args.gaussian_variance,
-        image_size=args.image_size or 28,
-    )
-    data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, train_subset=args.train_subset, val_size=args.val_size,
-                      binarize=not args.grey)
-    train = TrainConfig(
-        epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, device=args.device,
-        beta=args.beta, kl_warmup=args.kl_warmup, free_bits=args.free_bits, iw_samples=args.iw_samples, mixture_estimator=args.mixture_estimator,
-        checkpoint_every=args.checkpoint_every, grad_clip=args.grad_clip, detect_anomaly=args.detect_anomaly,
-        channels_last=not args.no_channels_last,
-        tensorboard=args.tensorboard, max_minutes=args.max_minutes,
-    )
-    return RunConfig(model, data, train).validate()
+    add_config_flags(p)
 
 
 def cmd_train(args) -> int:
@@ -93,14 +35,15 @@ def cmd_train(args) -> int:
         if not (run / CONFIG).is_file():
             raise VaekitError(f"--resume {run}: not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote")
         config = RunConfig.load(run / CONFIG)
-        if args.epochs is not None:  # an explicit --epochs extends (or shortens) the resumed run
-            config.train.epochs = args.epochs
-        if args.max_minutes is not None:  # a budget is per process: a resumed run may get a new one
-            config.train.max_minutes = args.max_minutes
+        given = given_settings(args)["train"]
+        if "epochs" in given:  # an explicit --epochs extends (or shortens) the resumed run
+            config.train.epochs = given["epochs"]
+        if "max_minutes" in given:  # a budget is per process: a resumed run may get a new one
+            config.train.max_minutes = given["max_minutes"]
         config.validate()
         out = train(config, resume=run, progress=not args.quiet)
     else:
-        out = train(_config_from_args(args), out=args.out, progress=not args.quiet)
+        out = train(config_from_args(args), out=args.out, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":
         print(out)
     return 0
@@ -131,7 +74,7 @@ def cmd_reconstruct(args) -> int:
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
     run = load_run(args.run)
-    data = load_dataset(run.config.data.dataset, run.config.data.data_dir, image_size=_data_image_size(run.config),
+    data = load_dataset(run.config.data.dataset, run.config.data.data_dir, image_size=run.config.dataset_image_size(),
                         val_size=run.config.data.val_size)
     x = data.test.images[: args.n].float().div(255)
     out = Path(args.out or run.path / "reconstructions.png")
@@ -234,10 +177,6 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="which test images are paired")
     p = sub.add_parser("report", help="write RUN/report.html, one self-contained page")
     p.add_argument("run")
-
-
-def _data_image_size(config) -> int | None:
-    return None if config.data.dataset in ("fashion-mnist", "mnist") else config.model.image_size
 
 
 def build_parser() -> argparse.ArgumentParser:

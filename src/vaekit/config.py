@@ -1,20 +1,26 @@
 """Configuration dataclasses: one per concern, saved as JSON next to every run.
 
-`from_dict` is strict on purpose: a run directory whose config has unknown keys or wrong
-types is refused with a message naming the key, instead of silently training something else.
+Each setting is defined once, here: its default and (settings.setting) the help text of the
+`vaekit train` flag that flags.py generates from it. `validate` only checks; the values other
+settings imply are filled in by `RunConfig.resolved`, which returns a new config.
+
+A run directory's config.json is read strictly (dataclass_json): an unknown key or a wrong
+type is refused with a message naming it.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import math
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+from .dataclass_json import from_dict
 from .errors import VaekitError
+from .settings import flag_name, internal, setting
 
 PRIORS = ("normal", "mog", "vamp")
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
@@ -25,6 +31,13 @@ LR_SCHEDULES = ("constant", "cosine")
 # every component decoded, the importance-weighted bound over components, or one pathwise draw.
 MIXTURE_ESTIMATORS = ("marginal", "stratified", "pathwise")
 MIXTURE_WEIGHTS = ("learned", "equal")
+# Their images are 28 pixels whatever --image-size says, so their loader is not asked for a size.
+FIXED_SIZE_DATASETS = ("fashion-mnist", "mnist")
+
+
+def padded_size(image_size: int) -> int:
+    """The network's input size for `image_size`-pixel data: 28 is zero-padded to 32 (a power of two)."""
+    return 32 if image_size == 28 else image_size
 
 
 def block_widths(size: int, width: int = 256) -> list[int]:
@@ -44,26 +57,30 @@ def block_widths(size: int, width: int = 256) -> list[int]:
 class ModelConfig:
     """What the network and its distributions look like; enough to rebuild the model."""
 
-    latent_size: int = 32
-    width: int = 256  # channels of the widest conv block; each block before it has half (256: the notebook's)
-    components: int = 1  # K mixture components in q(z|x); K=1 is the ordinary VAE
-    # "learned": the notebook's softmax weights from the encoder; "equal": every component 1/K
-    # (as in MISELBO, Kviman et al. 2023), so no component can take the others' weight.
-    mixture_weights: str = "learned"
-    channels: int = 1
-    image_size: int = 28  # the data's size; 28 is zero-padded to 32 inside the data tensors
-    prior: str = "normal"
-    prior_components: int = 10  # M for the mog and vamp priors
-    likelihood: str = "bernoulli"
-    logistic_mixtures: int = 1  # mixture size of the discretised logistic likelihood
-    gaussian_variance: str = "pixel"  # "pixel" or "global" learned variance
-    logvar_min: float = -8.0  # q(z|x) log-variances are clamped here; exp(-8) ~ 3e-4
-    logvar_max: float = 8.0
+    latent_size: int = setting(32, "dimensions D of the latent space (default {default})")
+    # Each block before the widest has half its channels.
+    width: int = setting(256, "channels of the widest conv block (default {default}, the notebook's; "
+                              "128 trains ~3x faster on a CPU)")
+    components: int = setting(1, "mixture components K of q(z|x)")  # K=1 is the ordinary VAE
+    # "equal" is MISELBO's (Kviman et al. 2023): no component can take the others' weight.
+    mixture_weights: str = setting("learned", "learned: the encoder's softmax weights (default); "
+                                              "equal: every component weighs 1/K", choices=MIXTURE_WEIGHTS)
+    channels: int = internal(1)  # the data's
+    # Training records the data's size here: 28 for FIXED_SIZE_DATASETS, whatever was asked.
+    image_size: int = setting(28, "image size for folder/npz/digits data (28, 32 or 64)")
+    prior: str = setting("normal", "normal (default), mog (a learned mixture) or vamp (the VampPrior)")
+    prior_components: int = setting(10, "components of the mog prior or pseudo-inputs of the VampPrior", metavar="M")
+    likelihood: str = setting("bernoulli", "bernoulli (default), continuous-bernoulli, gaussian or logistic; "
+                                           "all but bernoulli train on grey levels")
+    logistic_mixtures: int = setting(1, "components of the discretised logistic likelihood")
+    gaussian_variance: str = setting("pixel", "learned variance of the gaussian likelihood: pixel or global")
+    logvar_min: float = internal(-8.0)  # q(z|x) log-variances are clamped here; exp(-8) ~ 3e-4
+    logvar_max: float = internal(8.0)
     # Class names of a user's own networks (VAE(config, encoder=..., decoder=...)); None is the
     # built-in ConvEncoder/ConvDecoder. Recorded so that loading such a run without the modules
     # is refused instead of building conv networks the weights do not fit; `width` is then unused.
-    custom_encoder: str | None = None
-    custom_decoder: str | None = None
+    custom_encoder: str | None = internal(None)
+    custom_decoder: str | None = internal(None)
 
     @property
     def custom_networks(self) -> bool:
@@ -71,14 +88,12 @@ class ModelConfig:
 
     @property
     def padded_size(self) -> int:
-        return 32 if self.image_size == 28 else self.image_size
+        return padded_size(self.image_size)
 
-    def validate(self) -> None:
-        _positive(self, "latent_size", "--latent-size")
-        _positive(self, "width", "--width")
-        _positive(self, "components", "--components")
-        _positive(self, "prior_components", "--prior-components")
-        _positive(self, "logistic_mixtures", "--logistic-mixtures")
+    def validate(self) -> ModelConfig:
+        """Raises VaekitError naming the first bad setting; returns self, unchanged."""
+        for name in ("latent_size", "width", "components", "prior_components", "logistic_mixtures"):
+            _positive(self, name)
         if self.channels not in (1, 3):
             raise VaekitError(f"channels must be 1 or 3, got {self.channels}")
         if self.image_size not in IMAGE_SIZES:
@@ -89,64 +104,78 @@ class ModelConfig:
             block_widths(self.padded_size, self.width)
         except ValueError as exc:
             raise VaekitError(f"--{exc}") from None
-        _choice(self.mixture_weights, MIXTURE_WEIGHTS, "--mixture-weights")
-        _choice(self.prior, PRIORS, "--prior")
-        _choice(self.likelihood, LIKELIHOODS, "--likelihood")
-        _choice(self.gaussian_variance, ("pixel", "global"), "--gaussian-variance")
+        _choice(self, "mixture_weights", MIXTURE_WEIGHTS)
+        _choice(self, "prior", PRIORS)
+        _choice(self, "likelihood", LIKELIHOODS)
+        _choice(self, "gaussian_variance", ("pixel", "global"))
         if not self.logvar_min < self.logvar_max:
             raise VaekitError("logvar_min must be below logvar_max")
+        return self
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    train_subset: int | None = None  # use only the first N training images (quick runs)
-    # Validation images held out of the training images; None is the dataset's default (the last
-    # 5,000 of Fashion-MNIST's 60,000). The literature's protocol is 50,000/10,000: 10000.
-    val_size: int | None = None
-    binarize: bool = True  # dynamic binarisation: a fresh bernoulli(x) per batch
-    # Note: RunConfig.validate sets binarize False when the likelihood models grey levels
-    # (continuous-bernoulli, gaussian, logistic): they are meant for the 8-bit data, so
-    # choosing one implies --grey.
+    """Which images, and how they are split and binarised."""
 
-    def validate(self) -> None:
+    dataset: str = setting("fashion-mnist", "fashion-mnist (default), mnist, digits, cifar10, folder:PATH, npz:PATH")
+    data_dir: str | None = setting(None, "folder holding the dataset files")
+    train_subset: int | None = setting(None, "use only the first N training images")
+    val_size: int | None = setting(None, "validation images held out of the training set (default: the dataset's, "
+                                         "5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)",
+                                   metavar="N")
+    # Dynamic binarisation: a fresh bernoulli(x) per batch. RunConfig.resolved turns it off for
+    # the likelihoods of grey levels (GREY_LIKELIHOODS): choosing one implies --grey.
+    binarize: bool = setting(True, "train on grey levels instead of dynamically binarised pixels", flag="--grey")
+
+    def validate(self) -> DataConfig:
+        """Raises VaekitError naming the first bad setting; returns self, unchanged."""
         if self.train_subset is not None and self.train_subset <= 0:
             raise VaekitError(f"--train-subset must be positive, got {self.train_subset}")
         if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
             raise VaekitError(f"--val-size must be a positive integer, got {self.val_size}")
+        return self
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # or "cosine": from lr down to 0 over epochs x batches, a pure function of the step
-    seed: int = 69420
-    device: str = "auto"
-    beta: float = 1.0  # weight of the KL; anything but 1 is not an ELBO and is logged as such
-    kl_warmup: int = 0  # epochs of linear KL annealing from 0 to beta
-    # Nats per latent dimension below which that dimension's KL is not penalised (Kingma et al.
-    # 2016). Only where the KL is known per dimension in closed form: K=1 and the normal prior.
-    free_bits: float = 0.0
-    iw_samples: int = 1  # >1 trains on the importance-weighted bound
-    mixture_estimator: str = "marginal"  # for K > 1: marginal (K decoder passes), stratified (SIWAE), pathwise (1 pass)
-    checkpoint_every: int = 0  # steps; 0 means only at the end of each epoch
-    grad_clip: float | None = None
-    detect_anomaly: bool = False
-    channels_last: bool = True
-    tensorboard: bool = False  # scalars, images and the latent embedding under RUN/tensorboard
-    max_minutes: float | None = None  # wall-clock budget: stop at the first step past it (a resumable checkpoint)
+    """How the model is trained: the objective, the optimizer, the schedule and the budget."""
 
-    def validate(self) -> None:
-        _positive(self, "epochs", "--epochs")
-        _positive(self, "batch_size", "--batch-size")
-        _positive(self, "iw_samples", "--iw-samples")
-        _choice(self.mixture_estimator, MIXTURE_ESTIMATORS, "--mixture-estimator")
+    epochs: int = setting(10, "passes over the training set (default {default})")
+    batch_size: int = setting(128, "training images per optimizer step (default {default})")
+    lr: float = setting(1e-3, "learning rate of Adam (default {default})")
+    # A pure function of the step (lr_at), so a resumed run needs no scheduler state.
+    lr_schedule: str = setting("constant", "constant (default) or cosine: anneal --lr to 0 over --epochs")
+    seed: int = setting(69420, "seed of the initial weights, the batch order and the noise (default {default})")
+    device: str = setting("auto", "auto, cpu or cuda")
+    beta: float = setting(1.0, "weight of the KL term (not 1: a beta-objective, not the ELBO)")
+    kl_warmup: int = setting(0, "epochs of linear KL annealing")
+    # Only where the KL is known per dimension in closed form: K=1 and the normal prior.
+    free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose "
+                                    "batch-mean KL is below this many nats; "
+                                    "only with --components 1 and --prior normal")
+    iw_samples: int = setting(1, "train on the importance-weighted bound with S samples")
+    mixture_estimator: str = setting(
+        "marginal", "for --components > 1: marginal decodes every component (K decoder passes; default), stratified "
+                    "trains SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from "
+                    "the whole mixture with gradients to the weights (one pass per sample)", choices=MIXTURE_ESTIMATORS)
+    checkpoint_every: int = setting(0, "also save every STEPS optimizer steps "
+                                       "(default 0: at the end of each epoch only)", metavar="STEPS")
+    grad_clip: float | None = setting(None, "clip the gradients' global norm to this value")
+    detect_anomaly: bool = setting(False, "run under torch.autograd's anomaly detection (slow)")
+    channels_last: bool = setting(True, "keep NCHW tensors (slower on CPU)", flag="--no-channels-last")
+    tensorboard: bool = setting(False, "also log to RUN/tensorboard (needs `pip install tensorboard`)")
+    # Counted from this process's start, so a resumed run gets a budget of its own.
+    max_minutes: float | None = setting(None, "wall-clock budget: stop at the first step past it with a resumable "
+                                              "checkpoint", metavar="MIN")
+
+    def validate(self) -> TrainConfig:
+        """Raises VaekitError naming the first bad setting; returns self, unchanged."""
+        for name in ("epochs", "batch_size", "iw_samples"):
+            _positive(self, name)
+        _choice(self, "mixture_estimator", MIXTURE_ESTIMATORS)
         if self.importance_weighted and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
-            raise VaekitError("--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted bound "
-                              "(--iw-samples > 1) has none, so use one or the other")
+            raise VaekitError("--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted "
+                              "bound (--iw-samples > 1) has none, so use one or the other")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise VaekitError(f"--max-minutes (max_minutes) must be a positive number, got {self.max_minutes}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -161,8 +190,9 @@ class TrainConfig:
             raise VaekitError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
-        _choice(self.device, ("auto", "cpu", "cuda"), "--device")
-        _choice(self.lr_schedule, LR_SCHEDULES, "--lr-schedule")
+        _choice(self, "device", ("auto", "cpu", "cuda"))
+        _choice(self, "lr_schedule", LR_SCHEDULES)
+        return self
 
     def validate_objective(self, model: ModelConfig) -> None:
         """The objective's checks that need the model too."""
@@ -206,22 +236,36 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """A run's settings, one section per concern, and the vaekit version that trained it."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     version: str = ""
 
-    def validate(self, for_training: bool = True) -> "RunConfig":
-        """Checks every setting; `for_training=False` (loading a finished run to sample or
-        evaluate it) skips the objective's checks, so runs trained before one was added still load."""
+    def validate(self, for_training: bool = True) -> RunConfig:
+        """Checks every setting and raises VaekitError naming the first bad one; returns self,
+        unchanged. `for_training=False` (loading a finished run to sample or evaluate it) skips
+        the objective's checks, so runs trained before one was added still load."""
         self.model.validate()
-        if self.model.likelihood in GREY_LIKELIHOODS:
-            self.data.binarize = False  # see DataConfig.binarize
         self.data.validate()
         self.train.validate()
         if for_training:
             self.train.validate_objective(self.model)
         return self
+
+    def resolved(self) -> RunConfig:
+        """A copy with the values other settings imply filled in; this config is left as it is.
+        A likelihood of grey levels (GREY_LIKELIHOODS) is meant for the 8-bit data, so it turns
+        binarisation off, as --grey does."""
+        config = copy.deepcopy(self)
+        if config.model.likelihood in GREY_LIKELIHOODS:
+            config.data.binarize = False
+        return config
+
+    def dataset_image_size(self) -> int | None:
+        """The image size to ask data.load_dataset for: None for FIXED_SIZE_DATASETS."""
+        return None if self.data.dataset in FIXED_SIZE_DATASETS else self.model.image_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,16 +274,15 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_text
-
         atomic_write_text(Path(path), self.to_json() + "\n")
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "config") -> "RunConfig":
-        return _from_dict(cls, data, where)
+    def from_dict(cls, data: Any, where: str = "config") -> RunConfig:
+        return from_dict(cls, data, where)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
+        """The resolved, validated config of a run directory's config.json."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -247,46 +290,16 @@ class RunConfig:
             raise VaekitError(f"{path} not found; pass the run directory `vaekit train --out` wrote") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise VaekitError(f"{path} is not valid JSON ({exc}); restore it from a backup") from None
-        return cls.from_dict(data, where=str(path)).validate(for_training=False)
+        return cls.from_dict(data, where=str(path)).resolved().validate(for_training=False)
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise VaekitError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise VaekitError(f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__}; remove them or use a matching vaekit version")
-    values = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _from_dict(hint, value, f"{where}.{name}")
-        else:
-            values[name] = _check_type(value, hint, f"{where}.{name}")
-    return cls(**values)
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind in (int, str, bool) and type(value) is kind:
-            return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    raise VaekitError(f"{where}: expected {names}, got {json.dumps(value)}; correct it in the JSON file")
-
-
-def _positive(obj: Any, name: str, flag: str) -> None:
-    value = getattr(obj, name)
+def _positive(config: Any, name: str) -> None:
+    value = getattr(config, name)
     if not isinstance(value, int) or value <= 0:
-        raise VaekitError(f"{flag} must be a positive integer, got {value}")
+        raise VaekitError(f"{flag_name(type(config), name)} must be a positive integer, got {value}")
 
 
-def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
+def _choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
     if value not in choices:
-        raise VaekitError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
+        raise VaekitError(f"unknown {flag_name(type(config), name)} {value!r}; choose one of {', '.join(choices)}")

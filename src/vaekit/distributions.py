@@ -30,7 +30,7 @@ import math
 import torch
 from torch.distributions import Distribution, constraints
 
-_LOG_2PI = math.log(2 * math.pi)
+LOG_2PI = math.log(2 * math.pi)
 
 
 class MixtureOfGaussians(Distribution):
@@ -124,7 +124,7 @@ class MixtureOfGaussians(Distribution):
         (*sample, *batch, K, D): entry [k, d] is how z_d moves per unit of loc_k,d, scale_k,d,
         and logit_k (the logit moves every coordinate)."""
         u = (z.unsqueeze(-2) - self.loc) / self.scale  # standardised per component: (..., K, D)
-        log_phi = -0.5 * (u.pow(2) + _LOG_2PI) - self.scale.log()  # (..., K, D)
+        log_phi = -0.5 * (u.pow(2) + LOG_2PI) - self.scale.log()  # (..., K, D)
         log_q_k = log_phi.sum(-1)  # (..., K)
         log_w = self.log_weights.expand_as(log_q_k)
         log_q = torch.logsumexp(log_w + log_q_k, -1, keepdim=True)  # (..., 1)
@@ -155,7 +155,7 @@ class MixtureOfGaussians(Distribution):
         """log N(value; loc_k, scale_k) for every k: value (*sample, *batch, D) -> (*sample, *batch, K)."""
         z = value.unsqueeze(-2)  # (..., 1, D)
         standardised = (z - self.loc) / self.scale
-        return -0.5 * (standardised.pow(2) + _LOG_2PI).sum(-1) - self.scale.log().sum(-1)
+        return -0.5 * (standardised.pow(2) + LOG_2PI).sum(-1) - self.scale.log().sum(-1)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """The full mixture density: value (*sample, *batch, D) -> (*sample, *batch)."""
@@ -190,4 +190,4 @@ def diagonal_normal_kl_to_standard(loc: torch.Tensor, scale: torch.Tensor) -> to
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dimension."""
-    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LOG_2PI = math.log(2 * math.pi)
+from .distributions import LOG_2PI
+
 LEVELS = 256  # 8-bit data: x in {0, 1/255, ..., 1}
 
 
@@ -174,7 +175,7 @@ class GaussianImage:
         return torch.exp(0.5 * self.logvar)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return _sum_pixels(-0.5 * ((x - self.loc).pow(2) * torch.exp(-self.logvar) + self.logvar + _LOG_2PI))
+        return _sum_pixels(-0.5 * ((x - self.loc).pow(2) * torch.exp(-self.logvar) + self.logvar + LOG_2PI))
 
     @property
     def mean(self) -> torch.Tensor:

@@ -78,10 +78,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
 
 def load_run_data(config: RunConfig) -> DatasetSplits:
     """The dataset a run was trained on, split as it was (the same validation size)."""
-    name = config.data.dataset
-    # The IDX datasets come at their own size; the others are resized to the run's.
-    image_size = None if name in ("fashion-mnist", "mnist") else config.model.image_size
-    return load_dataset(name, config.data.data_dir, image_size=image_size, val_size=config.data.val_size)
+    return load_dataset(config.data.dataset, config.data.data_dir, image_size=config.dataset_image_size(),
+                        val_size=config.data.val_size)
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import sys
@@ -59,7 +58,7 @@ def train(
     channels), and config.json records its networks' class names. Resuming such a run needs the
     model again: train(config, model=VAE(config.model, encoder=..., decoder=...), resume=run_dir).
     """
-    config = copy.deepcopy(config).validate()
+    config = config.resolved().validate()  # a copy: the caller's config is left as it was
     ctx = init_distributed(resolve_device(config.train.device).type)
     run_dir = Path(resume or out or default_run_dir())
     created = resume is None and not run_dir.exists()

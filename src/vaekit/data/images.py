@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaekit.config import IMAGE_SIZES, padded_size
 from vaekit.errors import VaekitError
 
-ALLOWED_SIZES = (28, 32, 64)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _MAX_NAMED = 5  # unreadable files named in the warning line
 
@@ -60,15 +60,11 @@ class DatasetSplits:
 
 # --------------------------------------------------------------------------- helpers
 
-def padded_size_for(image_size: int) -> int:
-    return 32 if image_size == 28 else image_size
-
-
 def check_image_size(image_size: int | None, default: int = 32) -> int:
     size = default if image_size is None else int(image_size)
-    if size not in ALLOWED_SIZES:
+    if size not in IMAGE_SIZES:
         raise VaekitError(f"image size {size} is not supported; use one of "
-                          f"{', '.join(map(str, ALLOWED_SIZES))} (28 is zero-padded to 32)")
+                          f"{', '.join(map(str, IMAGE_SIZES))} (28 is zero-padded to 32)")
     return size
 
 
@@ -152,7 +148,7 @@ def make_splits(name: str, images: np.ndarray, labels: np.ndarray | None, *, ima
                 seed: int, val_size: int | None = None) -> DatasetSplits:
     """images: uint8 (N, C, image_size, image_size) -> 80/10/10 DatasetSplits padded as needed
     (`val_size` validation images instead of a tenth, see random_split)."""
-    padded = padded_size_for(image_size)
+    padded = padded_size(image_size)
     parts = random_split(len(images), seed, name, val_size)
 
     def subset(idx: np.ndarray) -> ImageSet:
@@ -350,7 +346,7 @@ def load_npz(path: str, image_size: int | None, channels: int | None, seed: int,
             raise VaekitError(f"{path}: labels array '{lkey}' has shape {tuple(labels.shape)} and dtype "
                               f"{labels.dtype}; expected {n} integer labels")
         labels = labels.astype(np.int64)
-    size = check_image_size(image_size, default=h if h in ALLOWED_SIZES else 32)
+    size = check_image_size(image_size, default=h if h in IMAGE_SIZES else 32)
     images = to_channels(resize_images(images, size), channels or c)
     class_names = None
     if labels is not None and labels.min() >= 0:
@@ -415,7 +411,7 @@ def load_cifar10(data_dir: str | None, image_size: int | None, channels: int | N
     ch = channels or 3
     tr_x = to_channels(resize_images(tr_x, size), ch)
     te_x = to_channels(resize_images(te_x, size), ch)
-    padded = padded_size_for(size)
+    padded = padded_size(size)
     n_train = split_off_validation(len(tr_x), val_size, 5000, "cifar10")
 
     def subset(x: np.ndarray, y: np.ndarray) -> ImageSet:

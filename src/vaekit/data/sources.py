@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaekit.config import padded_size
 from vaekit.errors import VaekitError
 
 from . import images as _img
@@ -173,11 +174,11 @@ def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | N
 
     def subset(x: np.ndarray, y: np.ndarray) -> ImageSet:
         imgs = _img.to_channels(x[:, None], ch)
-        return ImageSet(_img.pad_images(imgs, 32), torch.from_numpy(y.astype(np.int64)))
+        return ImageSet(_img.pad_images(imgs, padded_size(28)), torch.from_numpy(y.astype(np.int64)))
 
     return DatasetSplits(name=name, train=subset(tr_x[:n_train], tr_y[:n_train]),
                          val=subset(tr_x[n_train:], tr_y[n_train:]), test=subset(te_x, te_y),
-                         image_size=28, padded_size=32, channels=ch, class_names=list(spec["classes"]),
+                         image_size=28, padded_size=padded_size(28), channels=ch, class_names=list(spec["classes"]),
                          checksum=digest.hexdigest(), source=str(files[0].parent))
 
 
