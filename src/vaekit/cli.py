@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import registry
 from .config import MIXTURE_ESTIMATORS, MIXTURE_WEIGHTS
 from .errors import VaekitError
 
@@ -27,9 +28,9 @@ def _add_train(sub) -> None:
     p.add_argument("--components", type=int, default=1, help="mixture components K of q(z|x)")
     p.add_argument("--mixture-weights", default="learned", choices=MIXTURE_WEIGHTS,
                    help="learned: the encoder's softmax weights (default); equal: every component weighs 1/K")
-    p.add_argument("--prior", default="normal", help="normal (default), mog (a learned mixture) or vamp (the VampPrior)")
+    p.add_argument("--prior", default="normal", help=registry.describe(registry.priors()))
     p.add_argument("--prior-components", type=int, default=10, metavar="M", help="components of the mog prior or pseudo-inputs of the VampPrior")
-    p.add_argument("--likelihood", default="bernoulli", help="bernoulli (default), continuous-bernoulli, gaussian or logistic; all but bernoulli train on grey levels")
+    p.add_argument("--likelihood", default="bernoulli", help=registry.describe(registry.likelihoods()))
     p.add_argument("--logistic-mixtures", type=int, default=1, help="components of the discretised logistic likelihood")
     p.add_argument("--gaussian-variance", default="pixel", help="learned variance of the gaussian likelihood: pixel or global")
     p.add_argument("--epochs", type=int, help="passes over the training set (default 10)")

@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import registry
 from .errors import VaekitError
 
-PRIORS = ("normal", "mog", "vamp")
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
-GREY_LIKELIHOODS = ("continuous-bernoulli", "gaussian", "logistic")  # train on grey levels, never binarised
 IMAGE_SIZES = (28, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
 # How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
@@ -90,8 +88,8 @@ class ModelConfig:
         except ValueError as exc:
             raise VaekitError(f"--{exc}") from None
         _choice(self.mixture_weights, MIXTURE_WEIGHTS, "--mixture-weights")
-        _choice(self.prior, PRIORS, "--prior")
-        _choice(self.likelihood, LIKELIHOODS, "--likelihood")
+        _choice(self.prior, tuple(registry.priors()), "--prior")
+        _choice(self.likelihood, tuple(registry.likelihoods()), "--likelihood")
         _choice(self.gaussian_variance, ("pixel", "global"), "--gaussian-variance")
         if not self.logvar_min < self.logvar_max:
             raise VaekitError("logvar_min must be below logvar_max")
@@ -215,7 +213,7 @@ class RunConfig:
         """Checks every setting; `for_training=False` (loading a finished run to sample or
         evaluate it) skips the objective's checks, so runs trained before one was added still load."""
         self.model.validate()
-        if self.model.likelihood in GREY_LIKELIHOODS:
+        if registry.likelihood(self.model.likelihood).data == "grey":
             self.data.binarize = False  # see DataConfig.binarize
         self.data.validate()
         self.train.validate()
