@@ -191,3 +191,10 @@ def test_training_runs_the_fast_twins(tmp_path, monkeypatch):
     model = VAE(config.model)
     train_module.train(config, model=model, out=tmp_path / "run", data=make_tiny_splits(n=40), progress=False)
     assert type(model.encoder) is FusedHeadsConvEncoder and type(model.decoder.head) is MatmulConvTranspose2d
+
+
+def test_fast_networks_keep_autocast_on_networks_that_had_it():
+    model = fast_networks(autocast_networks(_model(components=3)))
+    assert type(model.encoder).__name__ == "AutocastFusedHeadsConvEncoder"
+    with full_precision(model):
+        assert type(model.encoder) is FusedHeadsConvEncoder and type(model.decoder) is ConvDecoder

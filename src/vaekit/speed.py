@@ -36,11 +36,14 @@ def fast_networks(model: nn.Module) -> nn.Module:
     """Swaps, in place, the built-in networks' modules for their fast twins and returns `model`.
 
     A user's own networks are left as they are. The parameters stay the same objects, so an
-    optimiser already built keeps working, and checkpoints load either way.
+    optimiser already built keeps working, and checkpoints load either way. Networks already
+    under autocast (autocast_networks) stay under it.
     """
-    if type(model.encoder) is ConvEncoder:
-        model.encoder = twin(model.encoder, FusedHeadsConvEncoder)
-    if type(model.decoder) is ConvDecoder:
+    if _plain_type(model.encoder) is ConvEncoder:
+        autocast = isinstance(model.encoder, AutocastNetwork)
+        fused = twin(_without_autocast(model.encoder), FusedHeadsConvEncoder)
+        model.encoder = twin(fused, _autocast_class(FusedHeadsConvEncoder)) if autocast else fused
+    if _plain_type(model.decoder) is ConvDecoder:
         convs = [(parent, name, child) for parent in model.decoder.modules() for name, child in parent.named_children()
                  if MatmulConvTranspose2d.applies_to(child)]
         for parent, name, child in convs:
@@ -87,6 +90,14 @@ def autocast_networks(model: nn.Module) -> nn.Module:
     return model
 
 
+def _plain_type(network: nn.Module) -> type:
+    return network.plain_class if isinstance(network, AutocastNetwork) else type(network)
+
+
+def _without_autocast(network: nn.Module) -> nn.Module:
+    return twin(network, network.plain_class) if isinstance(network, AutocastNetwork) else network
+
+
 @contextmanager
 def full_precision(model: nn.Module) -> Iterator[nn.Module]:
     """fp32 networks inside the block, autocast as it was after it: validation picks the best
@@ -94,8 +105,7 @@ def full_precision(model: nn.Module) -> Iterator[nn.Module]:
     whatever training ran in (bf16 on a GPU)."""
     swapped = [name for name in NETWORKS if isinstance(getattr(model, name, None), AutocastNetwork)]
     for name in swapped:
-        network = getattr(model, name)
-        setattr(model, name, twin(network, network.plain_class))
+        setattr(model, name, _without_autocast(getattr(model, name)))
     try:
         yield model
     finally:
