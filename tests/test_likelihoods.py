@@ -8,16 +8,14 @@ from torch import distributions as D
 
 from vaekit import registry
 from vaekit.config import ModelConfig
+from vaekit.discretised_logistic import DiscretisedLogisticHead, DiscretisedLogisticMixtureImage, log_sigmoid_difference
 from vaekit.likelihoods import (
     GAUSSIAN_LOGVAR_MIN,
     BernoulliHead,
     ContinuousBernoulliHead,
-    DiscretisedLogisticHead,
-    DiscretisedLogisticMixtureImage,
     GaussianHead,
     continuous_bernoulli_log_norm,
     continuous_bernoulli_mean,
-    log_sigmoid_difference,
     make_likelihood,
 )
 

@@ -10,7 +10,8 @@ A variant registers itself where it is defined:
 and from then on `ModelConfig(likelihood="poisson")` validates, the CLI offers it, evaluation
 labels its numbers, and the parametrised tests cover it. This module needs no torch, so config
 validation and the CLI's help can read it; the built-in variants are registered by importing
-likelihoods.py and priors.py, which `likelihoods()` and `priors()` do on first use.
+likelihoods.py, discretised_logistic.py and priors.py, which `likelihoods()` and `priors()` do
+on first use.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class PriorSpec:
 
 _LIKELIHOODS: dict[str, LikelihoodSpec] = {}
 _PRIORS: dict[str, PriorSpec] = {}
-_BUILT_IN = ("vaekit.likelihoods", "vaekit.priors")  # modules whose import registers the built-ins
+_BUILT_IN = ("vaekit.likelihoods", "vaekit.discretised_logistic", "vaekit.priors")  # modules whose import registers the built-ins
 
 
 def register_likelihood(name: str, *, discrete: bool, data: str, uses: tuple[str, ...] = (), title: str = "",
