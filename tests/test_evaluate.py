@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import vaekit.speed
 from conftest import make_tiny_splits, tiny_config
 from vaekit.checkpoint import resolve_pointer
 from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
-import vaekit.speed
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms

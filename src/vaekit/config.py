@@ -105,8 +105,8 @@ class DataConfig:
     val_size: int | None = None
     binarize: bool = True  # dynamic binarisation: a fresh bernoulli(x) per batch
     # Note: RunConfig.validate sets binarize False when the likelihood models grey levels
-    # (continuous-bernoulli, gaussian, logistic): they are meant for the 8-bit data, so
-    # choosing one implies --grey.
+    # (registered with data="grey": continuous-bernoulli, gaussian, logistic): they are meant
+    # for the 8-bit data, so choosing one implies --grey.
 
     def validate(self) -> None:
         if self.train_subset is not None and self.train_subset <= 0:
