@@ -31,6 +31,7 @@ from .evaluate import bound_means
 from .model import VAE, check_networks_given
 from .objectives import Terms, training_loss
 from .runs import CONFIG, default_run_dir, write_metrics
+from .speed import training_networks
 from .usage import USAGE_COLUMNS, component_usage, posterior_weights
 
 VALIDATION_SEED = 1234  # fixed, so validation numbers compare across runs and seeds
@@ -145,7 +146,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, data, progress: boo
     # batches, which a module that .view()s its input needs.
     memory_format = torch.channels_last if t.channels_last and not model.custom_networks else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    model.autocast = device.type == "cuda"  # bf16 networks on a GPU, fp32 bounds; on CPU bf16 was ~20x slower
+    training_networks(model, device)  # the fast twins; bf16 networks on a GPU, fp32 bounds
     optimizer = make_optimizer(model, t.lr)
     # Each rank draws its own binarisation and reparameterisation noise.
     torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
