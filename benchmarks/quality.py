@@ -54,6 +54,7 @@ from vaekit.model import VAE
 from vaekit.compare import paired_difference
 from vaekit.objectives import training_loss
 from vaekit.runs import load_run
+from vaekit.speed import training_networks
 from vaekit.step import make_optimizer
 from vaekit.training import resolve_device, train
 
@@ -135,7 +136,7 @@ def fit_epochs(config: RunConfig, data, minutes: float, steps: int = 12, seconds
     t = config.train
     device = resolve_device(t.device)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format  # as train() lays it out
-    model = VAE(config.model).to(device).to(memory_format=memory_format)
+    model = training_networks(VAE(config.model).to(device).to(memory_format=memory_format), device)
     optimizer = make_optimizer(model, t.lr)
     images = data.train.images[: 4 * t.batch_size].to(device)
 

@@ -53,7 +53,7 @@ from vaekit.evaluate import log_likelihood_estimate
 from vaekit.model import VAE
 from vaekit.objectives import training_loss
 from vaekit.runs import read_metrics
-from vaekit.speed import inference_model, set_threads, warm_up
+from vaekit.speed import inference_model, set_threads, training_networks, warm_up
 from vaekit.distributed import DistContext
 from vaekit.stops import StepChecks, check_every, non_finite_flags
 from vaekit.training import train
@@ -181,7 +181,7 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     # FLOPs of one step, counted on the same calls the loop makes.
     model = VAE(replace(config.model)).to(device)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = training_networks(model.to(memory_format=memory_format), device)
     images = data.train.images[: batches * BATCH].to(device)
     index = torch.arange(BATCH, device=device)
 

@@ -67,6 +67,16 @@ def test_evaluate_reads_the_checkpoint_named_on_the_command_line(run, capsys):
     assert settings["checkpoint"] == "latest" and settings["checkpoint_step"] == load_checkpoint(run, "latest").state["step"]
 
 
+def test_evaluate_headline_is_one_line_with_the_saved_nll_and_its_protocol(run, capsys):
+    assert main(["evaluate", str(run), "--nll-samples", "6", "--test-subset", "12", "--no-quality", "--quiet", "--headline"]) == 0
+    out = capsys.readouterr().out.strip()
+    saved = json.loads((run / "evaluation.json").read_text())
+    nll = saved["test"]["nll"]
+    assert "\n" not in out and out.startswith(f"test NLL {nll['mean']:.2f} ± {nll['stderr']:.2f} nats on 12 test images")
+    assert "S=6 importance samples" in out and "first 12 of" in out
+    assert "papers" not in out  # generated npz data: no published number to stand beside
+
+
 def test_interpolate_and_report(run, capsys):
     assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet"]) == 0
     (run / "interpolations.png").unlink(missing_ok=True)

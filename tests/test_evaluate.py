@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import vaekit.speed
 from conftest import make_tiny_splits, tiny_config
 from vaekit.checkpoint import resolve_pointer
 from vaekit.config import ModelConfig
@@ -17,7 +18,9 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms
+from vaekit.fast_modules import twin
 from vaekit.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
+from vaekit.speed import AutocastNetwork, autocast_networks
 from vaekit.training import train
 
 
@@ -216,12 +219,25 @@ def test_the_fixed_binarisation_does_not_depend_on_the_device():
 
 
 def _record_autocast(monkeypatch) -> list[bool]:
-    """The `enabled` of every network call: what the networks would run in on a GPU."""
-    import vaekit.model
-
-    seen, real = [], vaekit.model.network_autocast
-    monkeypatch.setattr(vaekit.model, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1])
+    """The `enabled` of every autocast a network enters: what the networks would run in on a GPU."""
+    seen, real = [], vaekit.speed.network_autocast
+    monkeypatch.setattr(vaekit.speed, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1])
     return seen
+
+
+def _autocast_networks(model, seen: list[bool]) -> None:
+    """As training does on CUDA; checks that the recorder sees the networks' autocast."""
+    autocast_networks(model)
+    with torch.no_grad():
+        model.encode(torch.zeros(1, 1, 32, 32))
+    assert seen == [True]
+    seen.clear()
+
+
+def _plain_networks(model) -> None:
+    for name in ("encoder", "decoder"):
+        network = getattr(model, name)
+        setattr(model, name, twin(network, network.plain_class))
 
 
 def test_validation_runs_the_networks_in_fp32_and_restores_autocast(tiny_model, tiny_run, monkeypatch):
@@ -230,13 +246,13 @@ def test_validation_runs_the_networks_in_fp32_and_restores_autocast(tiny_model, 
     images = tiny_run[1].val.images
     fp32 = bound_means(tiny_model, images, 16, True, 1234)
     seen = _record_autocast(monkeypatch)
-    tiny_model.autocast = True  # as train.py sets it on CUDA
+    _autocast_networks(tiny_model, seen)
     try:
         got = bound_means(tiny_model, images, 16, True, 1234)
-        assert tiny_model.autocast is True
+        assert isinstance(tiny_model.encoder, AutocastNetwork) and isinstance(tiny_model.decoder, AutocastNetwork)
     finally:
-        tiny_model.autocast = False
-    assert seen and not any(seen)
+        _plain_networks(tiny_model)
+    assert not seen  # the networks ran without autocast
     assert got == fp32
 
 
@@ -246,13 +262,13 @@ def test_evaluation_runs_the_networks_in_fp32_and_restores_autocast(fast, tiny_m
     settings = dict(binarize=True, samples=4, batch_size=5, progress=False, fast=fast)
     fp32 = evaluate_model(tiny_model, images, **settings)
     seen = _record_autocast(monkeypatch)
-    tiny_model.autocast = True
+    _autocast_networks(tiny_model, seen)
     try:
         got = evaluate_model(tiny_model, images, **settings)
-        assert tiny_model.autocast is True
+        assert isinstance(tiny_model.encoder, AutocastNetwork) and isinstance(tiny_model.decoder, AutocastNetwork)
     finally:
-        tiny_model.autocast = False
-    assert seen and not any(seen)
+        _plain_networks(tiny_model)
+    assert not seen
     assert got == fp32
 
 

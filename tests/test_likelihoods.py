@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import distributions as D
 
+from vaekit import registry
+from vaekit.config import ModelConfig
+from vaekit.discretised_logistic import DiscretisedLogisticHead, DiscretisedLogisticMixtureImage, log_sigmoid_difference
 from vaekit.likelihoods import (
     GAUSSIAN_LOGVAR_MIN,
     BernoulliHead,
     ContinuousBernoulliHead,
-    DiscretisedLogisticHead,
-    DiscretisedLogisticMixtureImage,
     GaussianHead,
     continuous_bernoulli_log_norm,
     continuous_bernoulli_mean,
-    log_sigmoid_difference,
     make_likelihood,
 )
 
@@ -31,22 +31,40 @@ def test_heads_declare_their_data_and_parameter_channels():
     expected = {"bernoulli": ("binary", True, 3), "continuous-bernoulli": ("grey", False, 3),
                 "gaussian": ("grey", False, 3), "logistic": ("grey", True, 3 * 3 * 2)}
     for kind, (data_kind, discrete, channels) in expected.items():
-        head = make_likelihood(kind, 3, 28, mixtures=2)
-        assert (head.data_kind, head.discrete, head.param_channels) == (data_kind, discrete, channels), kind
+        spec = registry.likelihood(kind)
+        head = make_likelihood(ModelConfig(likelihood=kind, channels=3, image_size=28, logistic_mixtures=2))
+        assert (spec.data, spec.discrete, head.param_channels) == (data_kind, discrete, channels), kind
     with pytest.raises(ValueError, match="unknown likelihood"):
-        make_likelihood("poisson", 1, 28)
+        make_likelihood(ModelConfig(likelihood="poisson"))
 
 
-@pytest.mark.parametrize("kind", ["bernoulli", "continuous-bernoulli", "gaussian", "logistic"])
+@pytest.mark.parametrize("kind", list(registry.likelihoods()))
 def test_every_head_gives_display_means_and_samples_in_range(kind):
     torch.manual_seed(0)
-    head = make_likelihood(kind, 3, 8, mixtures=2)
+    binary = registry.likelihood(kind).data == "binary"
+    head = make_likelihood(ModelConfig(likelihood=kind, channels=3, image_size=8, logistic_mixtures=2))
     params = 4 * torch.randn(2, 5, head.param_channels, 8, 8)  # leading dims (B, K)
     dist = head(params)
-    x = torch.randint(0, 2 if kind == "bernoulli" else 256, (2, 1, 3, 8, 8)) / (1 if kind == "bernoulli" else 255)
+    assert isinstance(dist, D.Distribution)
+    assert (dist.batch_shape, dist.event_shape) == ((2, 5), (3, 8, 8))
+    x = torch.randint(0, 2 if binary else 256, (2, 1, 3, 8, 8)) / (1 if binary else 255)
     assert dist.log_prob(x).shape == (2, 5)
     for images in (dist.mean, dist.sample()):
         assert images.shape == (2, 5, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
+    assert dist.sample((4,)).shape == (4, 2, 5, 3, 8, 8)
+    assert type(dist).__name__ in repr(dist)
+
+
+@pytest.mark.parametrize("kind", list(registry.likelihoods()))
+def test_every_image_distribution_validates_its_arguments(kind):
+    head = make_likelihood(ModelConfig(likelihood=kind, channels=1, image_size=4))
+    dist = head(torch.zeros(3, head.param_channels, 4, 4))
+    params = {name: getattr(dist, name) for name in dist.arg_constraints}
+    bad = {name: torch.full_like(value, math.nan) for name, value in params.items()}
+    with pytest.raises(ValueError):
+        type(dist)(**bad, validate_args=True)
+    with pytest.raises(ValueError):
+        type(dist)(**params, validate_args=True).log_prob(torch.full((3, 1, 4, 4), math.nan))  # in no support
 
 
 def test_bernoulli_matches_torch():

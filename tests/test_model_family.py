@@ -6,15 +6,13 @@ import pytest
 import torch
 
 import vaekit.training as train_module
+from vaekit import registry
 from conftest import make_tiny_splits, tiny_config
 from vaekit.cli import build_parser
 from vaekit.flags import config_from_args
 from vaekit.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vaekit.runs import load_run
 from vaekit.training import train
-
-PRIOR_TYPES = {"normal": StandardNormalPrior, "mog": MixtureOfGaussiansPrior, "vamp": VampPrior}
-
 
 @pytest.fixture(autouse=True)
 def no_pictures(monkeypatch):
@@ -28,8 +26,8 @@ def splits():
     return make_tiny_splits(n=60)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian", "logistic"])
-@pytest.mark.parametrize("prior", ["normal", "mog", "vamp"])
+@pytest.mark.parametrize("likelihood", list(registry.likelihoods()))
+@pytest.mark.parametrize("prior", list(registry.priors()))
 def test_each_prior_and_likelihood_trains_one_step_reloads_and_samples(prior, likelihood, splits, tmp_path):
     components = 2 if prior == "vamp" else 1  # K>1 once per likelihood, through the vamp prior's M*K mixture
     config = tiny_config(model__prior=prior, model__likelihood=likelihood, model__prior_components=3, model__components=components,
@@ -37,9 +35,9 @@ def test_each_prior_and_likelihood_trains_one_step_reloads_and_samples(prior, li
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["prior"] == prior and saved["model"]["likelihood"] == likelihood
-    assert saved["data"]["binarize"] is (likelihood == "bernoulli")
+    assert saved["data"]["binarize"] is (registry.likelihood(likelihood).data == "binary")
     run = load_run(out)
-    assert isinstance(run.model.prior_net, PRIOR_TYPES[prior])  # `vaekit sample` draws from the run's own prior
+    assert isinstance(run.model.prior_net, registry.prior(prior).cls)  # `vaekit sample` draws from the run's own prior
     torch.manual_seed(0)
     images = run.model.sample(3)
     assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1

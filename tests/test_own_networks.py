@@ -94,10 +94,9 @@ def test_default_networks_are_built_as_before() -> None:
     torch.manual_seed(0)  # the construction order VAE used before it took networks
     size = config.padded_size
     reference = {"encoder": ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)}
-    likelihood = make_likelihood(config.likelihood, config.channels, config.image_size)
+    likelihood = make_likelihood(config)
     reference["decoder"] = ConvDecoder(likelihood.param_channels, size, config.latent_size, config.width)
-    reference["prior_net"] = make_prior(config.prior, config.latent_size, config.components, prior_components=config.prior_components,
-                                        channels=config.channels, size=size, border=default.border)
+    reference["prior_net"] = make_prior(config)
     expected = {f"{name}.{k}": v for name, module in reference.items() for k, v in module.state_dict().items()}
     got = default.state_dict()
     assert got.keys() == expected.keys()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import distributions as D
 
+from vaekit import registry
 from vaekit.config import ModelConfig
 from vaekit.distributions import MixtureOfGaussians
 from vaekit.model import VAE
@@ -20,11 +21,27 @@ def _vamp_model(components: int = 2, pseudo: int = 3) -> VAE:
 
 
 def test_make_prior_builds_each_kind():
-    assert isinstance(make_prior("normal", 4, 1), StandardNormalPrior)
-    assert isinstance(make_prior("mog", 4, 1, prior_components=5), MixtureOfGaussiansPrior)
-    assert isinstance(make_prior("vamp", 4, 1, prior_components=5, channels=3, size=32), VampPrior)
+    def config(prior: str) -> ModelConfig:
+        return ModelConfig(latent_size=4, prior=prior, prior_components=5, channels=3, image_size=32)
+
+    assert isinstance(make_prior(config("normal")), StandardNormalPrior)
+    assert isinstance(make_prior(config("mog")), MixtureOfGaussiansPrior)
+    assert isinstance(make_prior(config("vamp")), VampPrior)
     with pytest.raises(ValueError, match="unknown prior"):
-        make_prior("laplace", 4, 1)
+        make_prior(config("laplace"))
+
+
+@pytest.mark.parametrize("kind", list(registry.priors()))
+def test_every_prior_is_a_distribution_over_the_latents(kind):
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=3, components=2, prior=kind, prior_components=4, image_size=28)).eval()
+    p = model.prior()
+    assert isinstance(p, D.Distribution)
+    assert (p.batch_shape, p.event_shape) == ((), (3,))
+    z = p.sample((5, 2))
+    assert z.shape == (5, 2, 3) and not z.requires_grad
+    assert p.log_prob(z).shape == (5, 2) and torch.isfinite(p.log_prob(z)).all()
+    assert type(p).__name__ in repr(p)
 
 
 def test_normal_prior_log_prob_and_shapes():

@@ -11,10 +11,11 @@ from torch import nn
 from vaekit.batching import binarize_fixed
 from vaekit.config import ModelConfig
 from vaekit.evaluate import evaluate_model
+from vaekit.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
 from vaekit.model import VAE
-from vaekit.networks import MatmulConvTranspose2d
+from vaekit.networks import ConvDecoder, ConvEncoder
 from vaekit.objectives import training_loss
-from vaekit.speed import fold_batchnorm, inference_model, network_autocast
+from vaekit.speed import autocast_networks, fast_networks, fold_batchnorm, full_precision, inference_model, network_autocast
 
 from conftest import make_tiny_splits
 
@@ -71,7 +72,8 @@ def test_matmul_conv_transpose_is_the_convolution(memory_format, kernel, size):
 def test_fused_encoder_heads_are_the_three_convolutions():
     model = _model(components=3).eval()
     x = torch.rand(5, 1, 32, 32)
-    enc = model.encoder
+    enc = fast_networks(model).encoder
+    assert type(enc) is FusedHeadsConvEncoder
     h = enc.body(x)
     loc, logvar, logits = enc(x)
     torch.testing.assert_close(loc, enc.loc_head(h).reshape(loc.shape), rtol=1e-5, atol=1e-5)
@@ -112,8 +114,87 @@ def test_autocast_is_a_no_op_off_cuda():
     x = binarize_fixed((torch.rand(4, 1, 32, 32) * 255).to(torch.uint8), 0)
     with torch.inference_mode():
         ref = model.decode(model.encode(x).loc[:, 0]).logits
-        model.autocast = True
+        autocast_networks(model)
         out = model.decode(model.encode(x).loc[:, 0]).logits
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref)
     assert isinstance(network_autocast(torch.device("cpu")), type(network_autocast(torch.device("cpu"), False)))
+
+
+def _plain_and_fast(components: int) -> tuple[VAE, VAE]:
+    plain = _model(components)
+    rng = torch.random.get_rng_state()
+    fast = fast_networks(copy.deepcopy(plain))
+    assert torch.equal(torch.random.get_rng_state(), rng)  # swapping initialises nothing
+    return plain, fast
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_fast_networks_swap_modules_but_keep_the_state(components):
+    plain, fast = _plain_and_fast(components)
+    assert type(plain.encoder) is ConvEncoder and type(fast.encoder) is FusedHeadsConvEncoder
+    swapped = [name for name, m in fast.named_modules() if type(m) is MatmulConvTranspose2d]
+    assert swapped == ["decoder.body.0.0", "decoder.head"]  # the 1x1 input and the 1x1 kernel
+    assert not any(type(m) is MatmulConvTranspose2d for m in plain.modules())  # the plain model stays plain
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in fast.state_dict().items())
+    model = _model(components)
+    params = dict(model.named_parameters())
+    fast_networks(model)  # in place: the same parameter objects, so an optimiser built before still steps them
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert model.training
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_fast_networks_give_the_plain_loss_and_gradients(components):
+    plain, fast = _plain_and_fast(components)
+    x = torch.bernoulli(torch.rand(12, 1, 32, 32))
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        loss_a, grads_a = _loss_and_grads(plain, x, memory_format)
+        loss_b, grads_b = _loss_and_grads(fast, x, memory_format)
+        torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-4)
+        assert grads_a.keys() <= grads_b.keys()
+        for name in grads_b.keys() - grads_a.keys():  # the unused K=1 weight head: zero through the fused GEMM
+            assert not grads_b[name].any(), name
+        for name in grads_a:
+            scale = grads_a[name].abs().max().clamp_min(1e-3)
+            assert (grads_b[name] - grads_a[name]).abs().max() <= 1e-4 * scale, name
+
+
+def test_fast_networks_leave_a_users_networks_alone():
+    config = ModelConfig(latent_size=4, image_size=28)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 8))
+    decoder = nn.Sequential(nn.Unflatten(1, (4, 1, 1)), nn.ConvTranspose2d(4, 1, 32))  # one a twin could take
+    model = VAE(config, encoder=encoder, decoder=decoder)
+    fast_networks(model)
+    assert model.encoder is encoder and type(model.decoder[1]) is nn.ConvTranspose2d
+    explicit = fast_networks(VAE(config, encoder=ConvEncoder(1, 32, 4, 1, 32), decoder=ConvDecoder(1, 32, 4, 32)))
+    assert type(explicit.encoder) is FusedHeadsConvEncoder  # the built-in classes, passed in: as before
+
+
+def test_full_precision_takes_autocast_off_for_the_block_only():
+    model = autocast_networks(_model())
+    encoder_class, params = type(model.encoder), list(model.parameters())
+    with full_precision(model):
+        assert type(model.encoder) is ConvEncoder and type(model.decoder) is ConvDecoder
+    assert type(model.encoder) is encoder_class and type(model.encoder).__name__ == "AutocastConvEncoder"
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    assert model.state_dict().keys() == _model().state_dict().keys()
+
+
+def test_training_runs_the_fast_twins(tmp_path, monkeypatch):
+    import vaekit.training as train_module
+    from conftest import tiny_config
+
+    monkeypatch.setattr(train_module, "refresh_pictures", lambda *args, **kwargs: None)
+    config = tiny_config(model__width=32, data__train_subset=8, train__batch_size=8)
+    model = VAE(config.model)
+    train_module.train(config, model=model, out=tmp_path / "run", data=make_tiny_splits(n=40), progress=False)
+    assert type(model.encoder) is FusedHeadsConvEncoder and type(model.decoder.head) is MatmulConvTranspose2d
+
+
+def test_fast_networks_keep_autocast_on_networks_that_had_it():
+    model = fast_networks(autocast_networks(_model(components=3)))
+    assert type(model.encoder).__name__ == "AutocastFusedHeadsConvEncoder"
+    with full_precision(model):
+        assert type(model.encoder) is FusedHeadsConvEncoder and type(model.decoder) is ConvDecoder

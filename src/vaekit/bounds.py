@@ -6,7 +6,7 @@ import torch
 
 from .batching import binarize_fixed, to_float
 from .distributed import DistContext
-from .model import full_precision
+from .speed import full_precision
 from .objectives import elbo_terms
 
 

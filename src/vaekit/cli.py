@@ -94,7 +94,12 @@ def cmd_evaluate(args) -> int:
                           json_path=args.json, quality=not args.no_quality, quality_samples=args.quality_samples,
                           classifier_spec=spec, seed=args.seed, progress=not args.quiet, fast=not args.plain, compile=args.compile,
                           checkpoint=args.checkpoint)
-    print(json.dumps(_evaluation_summary(result), indent=2))
+    if args.headline:
+        from .compare import headline
+
+        print(headline(result))
+    else:
+        print(json.dumps(_evaluation_summary(result), indent=2))
     return 0
 
 
@@ -164,6 +169,7 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="the best validation epoch (default) or the last weights saved, e.g. where a time budget ended the run mid-epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--headline", action="store_true", help="print one line, the test NLL and its protocol, instead of the JSON summary")
     p.add_argument("--plain", action="store_true", help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks first (pays a compile time once; wins on GPU)")
     p = sub.add_parser("compare", help="mean test NLLs of evaluated runs, and each run's per-image NLL difference to the first, paired")

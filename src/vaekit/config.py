@@ -17,14 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import registry
 from .atomic import atomic_write_text
 from .dataclass_json import from_dict
 from .errors import VaekitError
 from .settings import flag_name, internal, setting
 
-PRIORS = ("normal", "mog", "vamp")
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "logistic")
-GREY_LIKELIHOODS = ("continuous-bernoulli", "gaussian", "logistic")  # train on grey levels, never binarised
 IMAGE_SIZES = (28, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
 # How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
@@ -68,10 +66,9 @@ class ModelConfig:
     channels: int = internal(1)  # the data's
     # Training records the data's size here: 28 for FIXED_SIZE_DATASETS, whatever was asked.
     image_size: int = setting(28, "image size for folder/npz/digits data (28, 32 or 64)")
-    prior: str = setting("normal", "normal (default), mog (a learned mixture) or vamp (the VampPrior)")
+    prior: str = setting("normal", registry.prior_help)
     prior_components: int = setting(10, "components of the mog prior or pseudo-inputs of the VampPrior", metavar="M")
-    likelihood: str = setting("bernoulli", "bernoulli (default), continuous-bernoulli, gaussian or logistic; "
-                                           "all but bernoulli train on grey levels")
+    likelihood: str = setting("bernoulli", registry.likelihood_help)
     logistic_mixtures: int = setting(1, "components of the discretised logistic likelihood")
     gaussian_variance: str = setting("pixel", "learned variance of the gaussian likelihood: pixel or global")
     logvar_min: float = internal(-8.0)  # q(z|x) log-variances are clamped here; exp(-8) ~ 3e-4
@@ -105,8 +102,8 @@ class ModelConfig:
         except ValueError as exc:
             raise VaekitError(f"--{exc}") from None
         _choice(self, "mixture_weights", MIXTURE_WEIGHTS)
-        _choice(self, "prior", PRIORS)
-        _choice(self, "likelihood", LIKELIHOODS)
+        _choice(self, "prior", tuple(registry.priors()))
+        _choice(self, "likelihood", tuple(registry.likelihoods()))
         _choice(self, "gaussian_variance", ("pixel", "global"))
         if not self.logvar_min < self.logvar_max:
             raise VaekitError("logvar_min must be below logvar_max")
@@ -124,7 +121,7 @@ class DataConfig:
                                          "5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)",
                                    metavar="N")
     # Dynamic binarisation: a fresh bernoulli(x) per batch. RunConfig.resolved turns it off for
-    # the likelihoods of grey levels (GREY_LIKELIHOODS): choosing one implies --grey.
+    # the likelihoods of grey levels (registered with data="grey"): choosing one implies --grey.
     binarize: bool = setting(True, "train on grey levels instead of dynamically binarised pixels", flag="--grey")
 
     def validate(self) -> DataConfig:
@@ -256,10 +253,10 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with the values other settings imply filled in; this config is left as it is.
-        A likelihood of grey levels (GREY_LIKELIHOODS) is meant for the 8-bit data, so it turns
+        A likelihood of grey levels (registered with data="grey") is meant for the 8-bit data, so it turns
         binarisation off, as --grey does."""
         config = copy.deepcopy(self)
-        if config.model.likelihood in GREY_LIKELIHOODS:
+        if registry.likelihood(config.model.likelihood).data == "grey":
             config.data.binarize = False
         return config
 

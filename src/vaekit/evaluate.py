@@ -12,18 +12,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, registry
 from .atomic import atomic_write_bytes, atomic_write_text
 from .batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
 from .classifier import ClassifierSpec, data_pixels, get_classifier
 from .errors import VaekitError
-from .model import full_precision
 from .objectives import elbo_terms, log_likelihood_estimate
 from .per_image import ARRAYS, PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
 from .pictures import missing_pictures
 from .runs import load_run, load_run_data
 from .sample_quality import quality_numbers
-from .speed import inference_model
+from .speed import full_precision, inference_model
 from .usage import component_usage
 
 # --------------------------------------------------------------------------- importance-sampled NLL
@@ -35,16 +34,18 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): Var_x(E_q[z_d]) above this 
 def number_kind(likelihood: str, binarized: bool) -> tuple[str, bool]:
     """What the 'nll' number is for this likelihood and data, and whether it is a true NLL.
 
-    A Bernoulli is a distribution over {0, 1}: on grey levels its 'log-likelihood' is a
-    cross-entropy, not a likelihood of anything, so it must not be reported as one.
+    A likelihood of binary data (a Bernoulli) is a distribution over {0, 1}: on grey levels
+    its 'log-likelihood' is a cross-entropy, not a likelihood of anything, so it must not be
+    reported as one. Which case applies is read off the likelihood's registration.
     """
+    spec = registry.likelihood(likelihood)
     if binarized:
         return "negative log-likelihood of the test images binarised once with a fixed seed (nats)", True
-    if likelihood == "bernoulli":
-        return ("Bernoulli cross-entropy on grey levels: NOT a likelihood (the Bernoulli is a distribution over {0,1}); "
+    if spec.data == "binary":
+        return (f"{spec.title} cross-entropy on grey levels: NOT a likelihood (the {spec.title} is a distribution over {{0,1}}); "
                 "nll is not comparable with published likelihoods, and no bits/dim is given"), False
-    if likelihood == "logistic":
-        return "negative log-likelihood of the 8-bit grey levels under the discretised logistic (nats)", True
+    if spec.discrete:
+        return f"negative log-likelihood of the 8-bit grey levels under the {spec.title} (nats)", True
     return (f"negative log-density of grey levels scaled to [0, 1] under the continuous {likelihood} likelihood (nats); "
             "a density, not a probability of the 8-bit data, so no bits/dim is given"), False
 

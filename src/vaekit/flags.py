@@ -40,6 +40,8 @@ def _argument(spec: dataclasses.Field, hint: Any) -> dict[str, Any]:
     """add_argument's keywords for field `spec` annotated `hint`."""
     meta = spec.metadata
     text = meta.get("help")
+    if callable(text):
+        text = text()
     if text is not None:
         text = text.replace("{default}", str(spec.default)).replace("%", "%%")  # argparse %-formats help
     if hint is bool:

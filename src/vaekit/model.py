@@ -6,8 +6,6 @@ No training code lives here; objectives.py turns these distributions into bounds
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -18,7 +16,6 @@ from .errors import VaekitError
 from .likelihoods import make_likelihood
 from .networks import ConvDecoder, ConvEncoder
 from .priors import make_prior
-from .speed import network_autocast, to_full_precision
 
 
 class VAE(nn.Module):
@@ -37,8 +34,12 @@ class VAE(nn.Module):
 
     The shapes a user's network returns are checked on its first call. Their class names are
     recorded in the config (custom_encoder, custom_decoder), so `vaekit.load_run` of such a run
-    needs the modules again: load_run(path, encoder=..., decoder=...). The training speed paths
-    measured for the conv networks (channels_last) are not applied to a user's networks.
+    needs the modules again: load_run(path, encoder=..., decoder=...). The speed paths
+    measured for the conv networks (channels_last, speed.fast_networks) are not applied to a
+    user's networks.
+
+    The model as built is plain PyTorch; speed.py swaps in faster modules where training and
+    evaluation ask for them, and bf16 autocast around the networks on a GPU.
     """
 
     def __init__(self, config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> None:
@@ -49,31 +50,14 @@ class VAE(nn.Module):
             # A copy, so the caller's config is not edited behind its back.
             config = dataclasses.replace(config, custom_encoder=_class_name(encoder), custom_decoder=_class_name(decoder))
         self.config = config
-        # bf16 autocast for the two networks on CUDA (train.py turns it on there); the
-        # distributions and bounds always see fp32.
-        self.autocast = False
         size = config.padded_size
         self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
         # The built-in networks are made in this order (encoder, likelihood, decoder, prior), so a
         # seed gives the same weights as before user networks existed.
         self.encoder = encoder if encoder is not None else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
-        self.likelihood = make_likelihood(
-            config.likelihood,
-            config.channels,
-            config.image_size,
-            mixtures=config.logistic_mixtures,
-            variance=config.gaussian_variance,
-        )
+        self.likelihood = make_likelihood(config)
         self.decoder = decoder if decoder is not None else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
-        self.prior_net = make_prior(
-            config.prior,
-            config.latent_size,
-            config.components,
-            prior_components=config.prior_components,
-            channels=config.channels,
-            size=size,
-            border=self.border,  # VampPrior pseudo-inputs get the data's zero frame
-        )
+        self.prior_net = make_prior(config)  # a VampPrior's pseudo-inputs get the data's zero frame
         # A user's network's output shapes are checked once, on its first call: a wrong shape
         # would otherwise surface as a broadcasting error deep inside the bounds.
         self._unchecked = {"encoder": encoder is not None, "decoder": decoder is not None}
@@ -85,11 +69,10 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> MixtureOfGaussians:
         """q(z|x) for images x (B, C, S, S) in [0, 1]."""
-        with network_autocast(x.device, self.autocast):
-            out = self.encoder(x)
+        out = self.encoder(x)
         if self._unchecked["encoder"]:
             self._check_encoder_output(x, out)
-        loc, logvar, logits = to_full_precision(*out)
+        loc, logvar, logits = out
         if self.config.mixture_weights == "equal":
             logits = torch.zeros_like(logits)  # the weight head's output is not used
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
@@ -104,12 +87,10 @@ class VAE(nn.Module):
         set of running statistics of eval mode cannot reproduce: a K=5 model trained that way
         scored -249 nats in training mode and -331 in eval mode.
         """
-        with network_autocast(z.device, self.autocast):
-            params = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, C', S, S)
+        params = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, C', S, S)
         if self._unchecked["decoder"]:
             self._check_decoder_output(z, params)
         params = self.crop(params)  # (N, C', H, W)
-        params, = to_full_precision(params)
         return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
 
     def prior(self):
@@ -168,8 +149,7 @@ class VAE(nn.Module):
 
 def decoder_channels(config: ModelConfig) -> int:
     """C', the parameters per pixel a decoder must return for config's likelihood (1 for a grey Bernoulli)."""
-    return make_likelihood(config.likelihood, config.channels, config.image_size, mixtures=config.logistic_mixtures,
-                           variance=config.gaussian_variance).param_channels
+    return make_likelihood(config).param_channels
 
 
 def check_networks_given(config: ModelConfig, encoder: nn.Module | None, decoder: nn.Module | None,
@@ -191,19 +171,3 @@ def _shape(t) -> tuple[int, ...] | str:
 
 def _shapes(shapes: list) -> str:
     return ", ".join(str(s) for s in shapes)
-
-
-@contextmanager
-def full_precision(model: nn.Module) -> Iterator[nn.Module]:
-    """fp32 networks inside the block, autocast as it was after it: validation picks the best
-    checkpoint and evaluation reports its numbers on the same fp32 model on every device,
-    whatever training ran in (bf16 on a GPU)."""
-    previous = getattr(model, "autocast", None)
-    if previous is None:  # not a VAE (a test double): nothing to switch
-        yield model
-        return
-    model.autocast = False
-    try:
-        yield model
-    finally:
-        model.autocast = previous

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .distributions import diagonal_normal_kl_to_standard
-from .priors import StandardNormalPrior
+from .kl import closed_form_kl
 
 
 @dataclass
@@ -19,7 +18,7 @@ class Terms:
     elbo: torch.Tensor  # (B,) the bound on log p(x)
     recon: torch.Tensor  # (B,) E_q[log p(x|z)]
     kl: torch.Tensor  # (B,) E_q[log q(z|x) - log p(z)]
-    kl_per_dim: torch.Tensor | None = None  # (B, D) when the KL is analytic (K=1, normal prior)
+    kl_per_dim: torch.Tensor | None = None  # (B, D) when the KL has a closed form (kl.register_closed_form_kl)
     latent_size: int | None = None  # D, the number of latent dimensions
     # True when .elbo is an importance-weighted bound, which is not recon - kl (it is above);
     # recon and kl are then diagnostics and the training loss is -elbo.
@@ -29,20 +28,21 @@ class Terms:
 def elbo_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None = None) -> Terms:
     """ELBO(x) = sum_k w_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)], z_k ~ q_k reparameterised.
 
-    Marginalising the component index exactly gives the weights an honest gradient. For
-    K=1 with the standard-normal prior the KL is analytic.
+    Marginalising the component index exactly gives the weights an honest gradient. Where
+    the KL table has q and the prior (K=1 with the standard-normal prior) the KL is analytic.
     """
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.component_rsample()  # (B, K, D)
     px = model.decode(z)  # (B, K, C, H, W)
     log_px = px.log_prob(model.crop(x_target).unsqueeze(1))  # (B, K)
-    if q.components == 1 and isinstance(model.prior_net, StandardNormalPrior):
-        kl_per_dim = diagonal_normal_kl_to_standard(q.loc[:, 0], q.scale[:, 0])  # (B, D)
+    prior = model.prior()
+    kl_per_dim = closed_form_kl(q, prior)  # (B, D) or None
+    if kl_per_dim is not None:
         recon, kl = log_px[:, 0], kl_per_dim.sum(-1)
         return Terms(recon - kl, recon, kl, kl_per_dim, latent_size=z.shape[-1])
     log_qz = q.log_prob(z.transpose(0, 1)).transpose(0, 1)  # full mixture density at each z_k: (B, K)
-    log_pz = model.prior().log_prob(z)  # (B, K)
+    log_pz = prior.log_prob(z)  # (B, K)
     w = q.weights
     recon = (w * log_px).sum(-1)
     kl = (w * (log_qz - log_pz)).sum(-1)

@@ -1,4 +1,5 @@
-"""Priors p(z). Each is a module whose call returns a distribution with `log_prob` and `sample`.
+"""Priors p(z). Each is a module whose call returns a `torch.distributions.Distribution` over z
+(batch_shape (), event_shape (D,)), registered by name with registry.register_prior.
 
 A call (rather than a fixed object) lets learnable priors rebuild their graph every step, and
 lets the VampPrior encode its pseudo-inputs with the current encoder.
@@ -18,40 +19,68 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.distributions import Distribution, constraints
 
-from .distributions import MixtureOfGaussians, standard_normal_log_prob
+from .config import ModelConfig
+from .distributions import MixtureOfGaussians, diagonal_normal_kl_to_standard, standard_normal_log_prob
+from .kl import register_closed_form_kl
+from .registry import prior as prior_spec
+from .registry import register_prior
 
 
-class StandardNormalDistribution:
-    """N(0, I) in D dimensions."""
+class StandardNormalDistribution(Distribution):
+    """N(0, I) in D dimensions: batch_shape (), event_shape (D,)."""
 
-    def __init__(self, latent_size: int, device: torch.device, dtype: torch.dtype) -> None:
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, latent_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 validate_args: bool | None = None) -> None:
         self.latent_size, self.device, self.dtype = latent_size, device, dtype
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([latent_size]), validate_args=validate_args)
 
     @property
-    def event_shape(self) -> torch.Size:
-        return torch.Size([self.latent_size])
+    def mean(self) -> torch.Tensor:
+        return torch.zeros(self.event_shape, device=self.device, dtype=self.dtype)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return torch.ones(self.event_shape, device=self.device, dtype=self.dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(z)
         return standard_normal_log_prob(z)
 
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.event_shape
-        return torch.randn(shape, device=self.device, dtype=self.dtype)
-
-    rsample = sample
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        return torch.randn(self._extended_shape(sample_shape), device=self.device, dtype=self.dtype)
 
 
+@register_closed_form_kl(MixtureOfGaussians, StandardNormalDistribution)
+def _one_gaussian_to_standard_normal(q: MixtureOfGaussians, p: StandardNormalDistribution) -> torch.Tensor | None:
+    """KL(q || N(0, I)) per dimension (*batch, D) when q is one Gaussian (K = 1)."""
+    if q.components != 1:
+        return None
+    return diagonal_normal_kl_to_standard(q.loc[..., 0, :], q.scale[..., 0, :])
+
+
+@register_prior("normal", help="N(0, I); the default")
 class StandardNormalPrior(nn.Module):
     def __init__(self, latent_size: int) -> None:
         super().__init__()
         self.latent_size = latent_size
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows .to(device)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "StandardNormalPrior":
+        return cls(config.latent_size)
+
     def forward(self, encode: Callable | None = None) -> StandardNormalDistribution:
-        return StandardNormalDistribution(self.latent_size, self._anchor.device, self._anchor.dtype)
+        return StandardNormalDistribution(self.latent_size, self._anchor.device, self._anchor.dtype, validate_args=False)
 
 
+@register_prior("mog", uses=("prior_components",), help="a learned mixture of Gaussians")
 class MixtureOfGaussiansPrior(nn.Module):
     """A learnable mixture of M diagonal Gaussians; its call is a batch_shape () MixtureOfGaussians."""
 
@@ -63,6 +92,10 @@ class MixtureOfGaussiansPrior(nn.Module):
         self.loc = nn.Parameter(spread * torch.randn(components, latent_size))  # (M, D)
         self.log_scale = nn.Parameter(torch.zeros(components, latent_size))  # (M, D)
         self.logits = nn.Parameter(torch.zeros(components))  # (M,)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "MixtureOfGaussiansPrior":
+        return cls(config.latent_size, config.prior_components)
 
     def forward(self, encode: Callable | None = None) -> MixtureOfGaussians:
         return MixtureOfGaussians(self.loc, self.log_scale.exp(), self.logits, validate_args=False)
@@ -85,6 +118,7 @@ def running_stats_only(module: nn.Module | None) -> Iterator[None]:
             m.train(True)
 
 
+@register_prior("vamp", uses=("prior_components",), help="the VampPrior, a mixture of posteriors of learned pseudo-inputs")
 class VampPrior(nn.Module):
     """p(z) = 1/M sum_m q(z|u_m) over M learnable pseudo-inputs u_m = sigmoid(a_m) (M, C, S, S).
 
@@ -110,6 +144,12 @@ class VampPrior(nn.Module):
         mask[..., border:size - border, border:size - border] = 1.0
         self.register_buffer("frame", mask, persistent=False)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "VampPrior":
+        size = config.padded_size
+        # Real data of 28 pixels sits in a zero frame of the 32-pixel input; so do the pseudo-inputs.
+        return cls(config.latent_size, config.prior_components, config.channels, size, (size - config.image_size) // 2)
+
     def pseudo_inputs(self) -> torch.Tensor:
         """The pseudo-inputs as images (M, C, S, S) in [0, 1]."""
         return torch.sigmoid(self.pseudo_logits) * self.frame
@@ -128,16 +168,9 @@ class VampPrior(nn.Module):
         return MixtureOfGaussians(q.loc.reshape(m * k, d), q.scale.reshape(m * k, d), log_w.reshape(m * k), validate_args=False)
 
 
-def make_prior(kind: str, latent_size: int, components: int, *, prior_components: int = 10,
-               channels: int = 1, size: int = 32, border: int = 0) -> nn.Module:
-    """The prior module for config.prior; `components` (K of q) is unused by every prior so far."""
-    if kind == "normal":
-        return StandardNormalPrior(latent_size)
-    if kind == "mog":
-        return MixtureOfGaussiansPrior(latent_size, prior_components)
-    if kind == "vamp":
-        return VampPrior(latent_size, prior_components, channels, size, border)
-    raise ValueError(f"unknown prior {kind!r}")
+def make_prior(config: ModelConfig) -> nn.Module:
+    """The prior module registered under config.prior, built from `config`."""
+    return prior_spec(config.prior).cls.from_config(config)
 
 
 __all__ = [

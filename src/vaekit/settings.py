@@ -8,11 +8,12 @@ the same metadata without importing each other's concerns.
 from __future__ import annotations
 
 from dataclasses import field, fields
-from typing import Any
+from typing import Any, Callable
 
 
-def setting(default: Any, help: str | None = None, **flag: Any) -> Any:
-    """A field with a `vaekit train` flag. `help` may name the default as {default}; `flag` takes
+def setting(default: Any, help: str | Callable[[], str] | None = None, **flag: Any) -> Any:
+    """A field with a `vaekit train` flag. `help` may name the default as {default}, or be a function
+    returning the text when the parser is built (choices read from a registry); `flag` takes
     argparse's `metavar` and `choices`, and `flag="--name"` where the flag is not --field-name
     (a bool that defaults to True needs one: its flag turns it off)."""
     return field(default=default, metadata={"help": help, **flag})

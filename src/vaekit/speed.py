@@ -1,11 +1,16 @@
-"""Speed paths that never change the numbers beyond float rounding.
+"""Speed paths that never change the numbers beyond float rounding. The model as built is
+plain PyTorch; training and evaluation apply these where they ask for speed.
 
+- `fast_networks`: swaps the built-in networks' modules for their fast twins (fast_modules.py:
+  same parameters, same state-dict keys). Training always runs them (`training_networks`).
+- `autocast_networks`: the encoder and decoder run under bf16 autocast on CUDA and hand fp32
+  to the distributions; `full_precision` takes that off for a block (validation, evaluation).
 - `fold_batchnorm`: an eval-only copy whose BatchNorm layers are folded into the convolution
   before them (one pass over the weights; each conv then carries a bias instead).
-- `inference_model`: the copy evaluation should run: folded, channels_last, optionally compiled.
+- `inference_model`: the copy evaluation should run: fast twins, folded, channels_last,
+  optionally compiled.
 - `compile_networks`: torch.compile of the encoder and decoder only (the distributions and
   bounds stay eager Python, so they still read like the maths).
-- `network_autocast`: bf16 autocast for the networks on CUDA; a no-op elsewhere.
 - `set_threads`: intra-op threads for this process.
 
 Each was measured by benchmarks/throughput.py; see benchmarks/README.md for what won.
@@ -15,12 +20,98 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from .networks import MatmulConvTranspose2d
+from .fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d, twin
+from .networks import ConvDecoder, ConvEncoder
+
+NETWORKS = ("encoder", "decoder")
+
+
+def fast_networks(model: nn.Module) -> nn.Module:
+    """Swaps, in place, the built-in networks' modules for their fast twins and returns `model`.
+
+    A user's own networks are left as they are. The parameters stay the same objects, so an
+    optimiser already built keeps working, and checkpoints load either way. Networks already
+    under autocast (autocast_networks) stay under it.
+    """
+    if _plain_type(model.encoder) is ConvEncoder:
+        autocast = isinstance(model.encoder, AutocastNetwork)
+        fused = twin(_without_autocast(model.encoder), FusedHeadsConvEncoder)
+        model.encoder = twin(fused, _autocast_class(FusedHeadsConvEncoder)) if autocast else fused
+    if _plain_type(model.decoder) is ConvDecoder:
+        convs = [(parent, name, child) for parent in model.decoder.modules() for name, child in parent.named_children()
+                 if MatmulConvTranspose2d.applies_to(child)]
+        for parent, name, child in convs:
+            setattr(parent, name, twin(child, MatmulConvTranspose2d))
+    return model
+
+
+def training_networks(model: nn.Module, device: torch.device) -> nn.Module:
+    """What training runs, in place: the fast twins, and bf16 networks on a GPU (fp32 bounds)."""
+    fast_networks(model)
+    if device.type == "cuda":  # on CPU bf16 was ~20x slower
+        autocast_networks(model)
+    return model
+
+
+class AutocastNetwork(nn.Module):
+    """Mixed into a network's own class by `autocast_networks`: its forward under bf16 autocast
+    on CUDA, its outputs back in fp32, so the distributions and bounds never see bf16."""
+
+    plain_class: type[nn.Module]
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with network_autocast(x.device):
+            out = super().forward(x, *args, **kwargs)
+        return to_full_precision(*out) if isinstance(out, (tuple, list)) else to_full_precision(out)[0]
+
+
+_AUTOCAST_CLASSES: dict[type, type] = {}
+
+
+def _autocast_class(cls: type[nn.Module]) -> type[nn.Module]:
+    if cls not in _AUTOCAST_CLASSES:
+        _AUTOCAST_CLASSES[cls] = type(f"Autocast{cls.__name__}", (AutocastNetwork, cls), {"plain_class": cls})
+    return _AUTOCAST_CLASSES[cls]
+
+
+def autocast_networks(model: nn.Module) -> nn.Module:
+    """Runs model.encoder and model.decoder (any nn.Module, a user's too) under bf16 autocast on
+    CUDA from now on, in place; a no-op on other devices. Returns `model`."""
+    for name in NETWORKS:
+        network = getattr(model, name)
+        if not isinstance(network, AutocastNetwork):
+            setattr(model, name, twin(network, _autocast_class(type(network))))
+    return model
+
+
+def _plain_type(network: nn.Module) -> type:
+    return network.plain_class if isinstance(network, AutocastNetwork) else type(network)
+
+
+def _without_autocast(network: nn.Module) -> nn.Module:
+    return twin(network, network.plain_class) if isinstance(network, AutocastNetwork) else network
+
+
+@contextmanager
+def full_precision(model: nn.Module) -> Iterator[nn.Module]:
+    """fp32 networks inside the block, autocast as it was after it: validation picks the best
+    checkpoint and evaluation reports its numbers on the same fp32 model on every device,
+    whatever training ran in (bf16 on a GPU)."""
+    swapped = [name for name in NETWORKS if isinstance(getattr(model, name, None), AutocastNetwork)]
+    for name in swapped:
+        setattr(model, name, _without_autocast(getattr(model, name)))
+    try:
+        yield model
+    finally:
+        for name in swapped:
+            network = getattr(model, name)
+            setattr(model, name, twin(network, _autocast_class(type(network))))
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -92,11 +183,12 @@ def compile_networks(model: nn.Module, mode: str | None = None) -> nn.Module:
 
 
 def inference_model(model: nn.Module, fold: bool = True, channels_last: bool = True, compile: bool = False, mode: str | None = None) -> nn.Module:
-    """The copy to evaluate with: eval mode, BatchNorm folded, channels_last; compiled if asked.
+    """The copy to evaluate with: eval mode, fast twins, BatchNorm folded, channels_last;
+    compiled if asked. The original is not touched.
 
     On CUDA, `compile` with mode="reduce-overhead" uses CUDA graphs.
     """
-    fast = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
+    fast = fast_networks(fold_batchnorm(model) if fold else copy.deepcopy(model).eval())
     # As in training, channels_last only for the built-in conv networks it was measured on.
     if channels_last and not getattr(model, "custom_networks", False):
         fast = fast.to(memory_format=torch.channels_last)
@@ -115,7 +207,7 @@ def warm_up(fn, *args, repeats: int = 2) -> float:
     return first
 
 
-def network_autocast(device: torch.device, enabled: bool = True):
+def network_autocast(device: torch.device, enabled: bool = True) -> Any:
     """bf16 autocast around the networks on CUDA; the bounds are computed in fp32 by the caller.
 
     On CPU bf16 autocast was about 20x slower on the machine we measured, so it is never used there.
