@@ -256,7 +256,8 @@ class RunConfig:
         A likelihood of grey levels (registered with data="grey") is meant for the 8-bit data, so it turns
         binarisation off, as --grey does."""
         config = copy.deepcopy(self)
-        if registry.likelihood(config.model.likelihood).data == "grey":
+        spec = registry.likelihoods().get(config.model.likelihood)  # an unknown name is validate()'s to report
+        if spec is not None and spec.data == "grey":
             config.data.binarize = False
         return config
 
