@@ -36,6 +36,8 @@ demo: install data
 	@$(BIN)/vaekit evaluate $(DEMO_OUT) --test-subset 1000 --nll-samples 100 --no-quality --quiet --headline
 
 test: install
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: install

@@ -29,10 +29,29 @@ RESULTS = Path(__file__).parent / "results" / "ddp_scaling.json"
 def run(processes: int, args, workdir: Path) -> dict:
     out = workdir / f"run-{processes}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "vaekit", "train", "--dataset", "fashion-mnist", "--train-subset", str(args.subset),
-               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--latent-size", "32",
-               "--quiet", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "vaekit",
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--train-subset",
+        str(args.subset),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--latent-size",
+        "32",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     started = time.perf_counter()
@@ -42,8 +61,13 @@ def run(processes: int, args, workdir: Path) -> dict:
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     last = rows[-1]
-    return {"processes": processes, "threads_per_process": 1, "images_per_s": float(last["images_per_s"]),
-            "epoch_seconds": float(last["seconds"]), "wall_seconds": time.perf_counter() - started}
+    return {
+        "processes": processes,
+        "threads_per_process": 1,
+        "images_per_s": float(last["images_per_s"]),
+        "epoch_seconds": float(last["seconds"]),
+        "wall_seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -61,15 +85,29 @@ def main() -> None:
         r["speedup"] = r["images_per_s"] / base
         r["efficiency"] = r["speedup"] / r["processes"]
 
-    print(f"DDP scaling, Fashion-MNIST subset {args.subset}, global batch {args.batch_size}, last of {args.epochs} epochs, gloo on CPU")
+    print(
+        f"DDP scaling, Fashion-MNIST subset {args.subset}, global batch {args.batch_size}, last of "
+        f"{args.epochs} epochs, gloo on CPU"
+    )
     print(f"{'processes':>9} {'images/s':>10} {'speedup':>8} {'efficiency':>10} {'epoch s':>8}")
     for r in results:
-        print(f"{r['processes']:>9} {r['images_per_s']:>10.1f} {r['speedup']:>8.2f} {r['efficiency']:>10.2f} {r['epoch_seconds']:>8.2f}")
+        print(
+            f"{r['processes']:>9} {r['images_per_s']:>10.1f} {r['speedup']:>8.2f} "
+            f"{r['efficiency']:>10.2f} {r['epoch_seconds']:>8.2f}"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "benchmark": "ddp_scaling", "dataset": "fashion-mnist", "train_subset": args.subset, "epochs": args.epochs,
-        "global_batch": args.batch_size, "backend": "gloo", "device": "cpu", "torch": torch.__version__,
-        "python": platform.python_version(), "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg(),
+        "benchmark": "ddp_scaling",
+        "dataset": "fashion-mnist",
+        "train_subset": args.subset,
+        "epochs": args.epochs,
+        "global_batch": args.batch_size,
+        "backend": "gloo",
+        "device": "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_average_after": os.getloadavg(),
         "results": results,
     }
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")

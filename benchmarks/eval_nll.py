@@ -43,12 +43,23 @@ def time_estimate(components: int, x: torch.Tensor, samples: int, batch_size: in
     with torch.inference_mode():
         log_likelihood_estimate(model, x[:8], 8, chunk)  # warm-up: first-call allocations
         started = time.perf_counter()
-        nll = torch.cat([-log_likelihood_estimate(model, x[i:i + batch_size], samples, chunk) for i in range(0, len(x), batch_size)])
+        nll = torch.cat(
+            [
+                -log_likelihood_estimate(model, x[i : i + batch_size], samples, chunk)
+                for i in range(0, len(x), batch_size)
+            ]
+        )
         seconds = time.perf_counter() - started
     rate = len(x) * samples / seconds
-    return {"components": components, "images": len(x), "samples": samples, "seconds": seconds,
-            "importance_samples_per_s": rate, "seconds_for_S1000_on_1000_images": 1e6 / rate,
-            "mean_nll_untrained": float(nll.mean())}
+    return {
+        "components": components,
+        "images": len(x),
+        "samples": samples,
+        "seconds": seconds,
+        "importance_samples_per_s": rate,
+        "seconds_for_S1000_on_1000_images": 1e6 / rate,
+        "mean_nll_untrained": float(nll.mean()),
+    }
 
 
 def main() -> None:
@@ -63,10 +74,23 @@ def main() -> None:
     rows = [time_estimate(k, x, args.samples, args.batch_size, args.chunk) for k in (1, 5)]
     print(f"{'K':>2} {'images':>7} {'S':>6} {'seconds':>9} {'samples/s':>11} {'S=1000 x 1000 img (s)':>22}")
     for r in rows:
-        print(f"{r['components']:>2} {r['images']:>7} {r['samples']:>6} {r['seconds']:>9.1f} {r['importance_samples_per_s']:>11.0f} {r['seconds_for_S1000_on_1000_images']:>22.1f}")
-    record = {"rows": rows, "data": source, "model": "untrained, default architecture, latent 32",
-              "batch_size": args.batch_size, "chunk": args.chunk, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "machine": platform.machine(), "vaekit": __version__}
+        print(
+            f"{r['components']:>2} {r['images']:>7} {r['samples']:>6} {r['seconds']:>9.1f} "
+            f"{r['importance_samples_per_s']:>11.0f} {r['seconds_for_S1000_on_1000_images']:>22.1f}"
+        )
+    record = {
+        "rows": rows,
+        "data": source,
+        "model": "untrained, default architecture, latent 32",
+        "batch_size": args.batch_size,
+        "chunk": args.chunk,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "machine": platform.machine(),
+        "vaekit": __version__,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -51,7 +51,9 @@ def parameter_groups(model: VAE) -> dict[str, list[torch.nn.Parameter]]:
     }
 
 
-def gradient_draws(model: VAE, x: torch.Tensor, estimator: str, draws: int, train_mode: bool = True) -> tuple[dict[str, torch.Tensor], float]:
+def gradient_draws(
+    model: VAE, x: torch.Tensor, estimator: str, draws: int, train_mode: bool = True
+) -> tuple[dict[str, torch.Tensor], float]:
     """(draws, P) gradients per group, and seconds per gradient. In train mode, as training sees
     them, the decoder's BatchNorm normalises over B*K latents for `marginal` and B for `pathwise`,
     so the two estimate the gradients of slightly different functions; in eval mode the same."""
@@ -64,7 +66,9 @@ def gradient_draws(model: VAE, x: torch.Tensor, estimator: str, draws: int, trai
         model.zero_grad(set_to_none=True)
         training_loss(model(x, estimator=estimator)).backward()
         for g, params in groups.items():
-            out[g].append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]).double())
+            out[g].append(
+                torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]).double()
+            )
     seconds = (time.perf_counter() - started) / draws
     return {g: torch.stack(v) for g, v in out.items()}, seconds
 
@@ -79,7 +83,7 @@ def summarise(grads: torch.Tensor) -> dict[str, float]:
 def bias_z(a: torch.Tensor, b: torch.Tensor) -> float:
     se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
     ok = se > 0
-    z = ((a.mean(0) - b.mean(0)).abs()[ok] / se[ok])
+    z = (a.mean(0) - b.mean(0)).abs()[ok] / se[ok]
     return float(torch.quantile(z, 0.99)) if z.numel() else 0.0
 
 
@@ -92,8 +96,10 @@ def estimator_table(model: VAE, x: torch.Tensor, draws: int, train_mode: bool) -
     with torch.no_grad():
         model.eval()
         w = model.encode(x).weights
-        table["weights"] = {"mean": [round(float(v), 4) for v in w.mean(0)],
-                            "effective": math.exp(float(-(w.mean(0) * w.mean(0).log()).sum()))}
+        table["weights"] = {
+            "mean": [round(float(v), 4) for v in w.mean(0)],
+            "effective": math.exp(float(-(w.mean(0) * w.mean(0).log()).sum())),
+        }
     return table
 
 
@@ -160,7 +166,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--draws", type=int, default=30)
     p.add_argument("--rsample-only", action="store_true")
-    p.add_argument("--eval-mode", action="store_true", help="BatchNorm with running statistics: both estimators see the same function")
+    p.add_argument(
+        "--eval-mode",
+        action="store_true",
+        help="BatchNorm with running statistics: both estimators see the same function",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "mixture_gradients.json"))
     args = p.parse_args(argv)
     result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -189,18 +199,28 @@ def main(argv=None) -> int:
 def print_tables(r: dict) -> None:
     if "estimators" in r:
         e = r["estimators"]
-        print(f"\ngradient noise on one batch of {r['batch']}, {r['draws']} draws, {r['model']}, {r['mode']} mode; "
-              f"mean weights {e['weights']['mean']} ({e['weights']['effective']:.2f} effective)")
+        print(
+            f"\ngradient noise on one batch of {r['batch']}, {r['draws']} draws, {r['model']}, {r['mode']} mode; "
+            f"mean weights {e['weights']['mean']} ({e['weights']['effective']:.2f} effective)"
+        )
         print(f"{'estimator':10s} {'group':15s} {'|mean|^2':>11s} {'tr cov':>11s} {'noise/signal':>13s} {'s/grad':>7s}")
         for est in ("marginal", "pathwise"):
             for g in GROUPS:
                 s = e[est][g]
-                print(f"{est:10s} {g:15s} {s['signal']:11.4g} {s['noise']:11.4g} {s['noise_over_signal']:13.3g} {e[est]['seconds_per_gradient']:7.3f}")
-        print("means agree (99th percentile of |difference| / standard error): "
-              + ", ".join(f"{g} {z:.2f}" for g, z in e["bias_z_p99"].items()))
+                print(
+                    f"{est:10s} {g:15s} {s['signal']:11.4g} {s['noise']:11.4g} "
+                    f"{s['noise_over_signal']:13.3g} {e[est]['seconds_per_gradient']:7.3f}"
+                )
+        print(
+            "means agree (99th percentile of |difference| / standard error): "
+            + ", ".join(f"{g} {z:.2f}" for g, z in e["bias_z_p99"].items())
+        )
     print("\nrsample + backward, B=128 K=5 D=32 (median ms over 20; finite draws and gradients)")
     for name, cases in r["rsample"].items():
-        print(f"  {name}: " + "; ".join(f"{c} {v['ms']:.2f} ms {'finite' if v['finite'] else 'NOT FINITE'}" for c, v in cases.items()))
+        print(
+            f"  {name}: "
+            + "; ".join(f"{c} {v['ms']:.2f} ms {'finite' if v['finite'] else 'NOT FINITE'}" for c, v in cases.items())
+        )
 
 
 if __name__ == "__main__":

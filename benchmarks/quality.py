@@ -23,10 +23,10 @@ exists (a half-trained run directory is started again). `--only a,b` runs a subs
 everything done so far is printed and written to RESULTS/quality.json.
 
     python benchmarks/quality.py --nll-samples 250 --test-subset 2000   # 4 x 20 minutes, then evaluation
-    python benchmarks/quality.py --minutes 25 --epochs fit --lr-schedule cosine ...   # a cosine over the epochs that fit
-    python benchmarks/quality.py --width 128 ...   # the notebook's blocks at half the channels (~3x the images/s on a CPU)
+    python benchmarks/quality.py --minutes 25 --epochs fit --lr-schedule cosine ...  # a cosine over the epochs that fit
+    python benchmarks/quality.py --width 128 ...   # the notebook's blocks at half the channels (~3x faster)
     python benchmarks/quality.py --minutes 0.3 --nll-samples 10 --test-subset 200   # a smoke test
-    python benchmarks/quality.py --mixture --width 128 --minutes 25 --epochs fit --lr-schedule cosine   # + one-pass mixtures
+    python benchmarks/quality.py --mixture --width 128 --minutes 25 --epochs fit --lr-schedule cosine  # + mixtures
 
 "vs K=1" is each row's NLL minus the baseline's, paired over the same test images (mean ± its
 standard error); "used K" is exp of the entropy of the mean mixture weights on the test set.
@@ -46,12 +46,12 @@ from pathlib import Path
 
 import torch
 
-from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.batching import make_batch
+from vaekit.compare import paired_difference
+from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import load_dataset
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model
 from vaekit.model import VAE
-from vaekit.compare import paired_difference
 from vaekit.objectives import training_loss
 from vaekit.runs import load_run
 from vaekit.speed import training_networks
@@ -64,7 +64,10 @@ EVAL_SEED = 2024  # the importance samples and prior samples, the same for every
 BASELINE = {"prior": "normal", "components": 1, "objective": "elbo"}
 CHANGES = {"prior": "vamp", "components": 5, "objective": "iwae"}
 # The mixture posterior decoded once per image (--mixture-estimator pathwise), with learned or equal weights.
-MIXTURE = [{**BASELINE, "components": k, "estimator": "pathwise", "weights": w} for k, w in ((5, "learned"), (5, "equal"), (20, "learned"))]
+MIXTURE = [
+    {**BASELINE, "components": k, "estimator": "pathwise", "weights": w}
+    for k, w in ((5, "learned"), (5, "equal"), (20, "learned"))
+]
 
 
 def _name(c: dict) -> str:
@@ -77,7 +80,12 @@ def combinations(full: bool = False, mixture: bool = False) -> list[dict]:
     """The baseline and each change on its own (4 runs), or with `full` every combination (8);
     with `mixture` also the one-pass mixture rows (K=5 learned and equal weights, K=20)."""
     if full:
-        combos = [{"prior": p, "components": k, "objective": o} for p in ("normal", "vamp") for k in (1, 5) for o in ("elbo", "iwae")]
+        combos = [
+            {"prior": p, "components": k, "objective": o}
+            for p in ("normal", "vamp")
+            for k in (1, 5)
+            for o in ("elbo", "iwae")
+        ]
     else:
         combos = [dict(BASELINE)] + [{**BASELINE, key: value} for key, value in CHANGES.items()]
     combos += MIXTURE if mixture else []
@@ -86,30 +94,64 @@ def combinations(full: bool = False, mixture: bool = False) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per combination (default 20)")
-    p.add_argument("--nll-samples", type=int, default=1000, help="importance samples per test image (default 1000; the literature uses 5000)")
+    p.add_argument(
+        "--minutes", type=float, default=20.0, help="training wall-clock budget per combination (default 20)"
+    )
+    p.add_argument(
+        "--nll-samples",
+        type=int,
+        default=1000,
+        help="importance samples per test image (default 1000; the literature uses 5000)",
+    )
     p.add_argument("--test-subset", type=int, help="evaluate only the first N test images")
-    p.add_argument("--train-subset", type=int, help="train on the first N training images only (smoke tests: an epoch is the budget's unit)")
-    p.add_argument("--val-size", type=int, help="validation images held out of the 60,000 training images (default 5000; "
-                   "the literature trains on 50,000 and validates on 10,000: 10000)")
-    p.add_argument("--full", action="store_true", help="all 8 combinations instead of the baseline and one change at a time")
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        help="train on the first N training images only (smoke tests: an epoch is the budget's unit)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        help="validation images held out of the 60,000 training images (default 5000; "
+        "the literature trains on 50,000 and validates on 10,000: 10000)",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="all 8 combinations instead of the baseline and one change at a time"
+    )
     p.add_argument("--only", help="comma-separated combination names, e.g. normal-k1-elbo,vamp-k5-iwae")
-    p.add_argument("--mixture", action="store_true", help="also the one-pass mixture rows: " + ", ".join(_name(c) for c in MIXTURE))
-    p.add_argument("--iw-samples", type=int, default=5, help="S of the IWAE objective, per component when K=5 (default 5)")
-    p.add_argument("--pseudo-inputs", type=int, default=100, help="M of the VampPrior (default 100; the paper used 500)")
+    p.add_argument(
+        "--mixture", action="store_true", help="also the one-pass mixture rows: " + ", ".join(_name(c) for c in MIXTURE)
+    )
+    p.add_argument(
+        "--iw-samples", type=int, default=5, help="S of the IWAE objective, per component when K=5 (default 5)"
+    )
+    p.add_argument(
+        "--pseudo-inputs", type=int, default=100, help="M of the VampPrior (default 100; the paper used 500)"
+    )
     p.add_argument("--latent-size", type=int, default=32)
-    p.add_argument("--width", type=int, default=256, help="channels of the widest conv block (default 256, the notebook's)")
+    p.add_argument(
+        "--width", type=int, default=256, help="channels of the widest conv block (default 256, the notebook's)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", default="constant", help="constant (default) or cosine, annealed over --epochs")
-    p.add_argument("--epochs", help="stop after this many epochs if the budget lasts that long; 'fit': as many as this "
-                   "combination's measured speed fits in the budget (with --lr-schedule cosine the schedule runs over them)")
+    p.add_argument(
+        "--epochs",
+        help="stop after this many epochs if the budget lasts that long; 'fit': as many as this "
+        "combination's measured speed fits in the budget (with --lr-schedule cosine the schedule runs over them)",
+    )
     p.add_argument("--seed", type=int, default=69420)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (default: the usual places)")
-    p.add_argument("--quality-samples", type=int, default=10_000, help="prior samples for the Fréchet distance (0 skips it)")
+    p.add_argument(
+        "--quality-samples", type=int, default=10_000, help="prior samples for the Fréchet distance (0 skips it)"
+    )
     p.add_argument("--eval-batch", type=int, default=100, help="test images per importance-sampling batch")
-    p.add_argument("--results", default=str(Path(__file__).parent / "results"), help="folder for quality.json and the per-combination files")
+    p.add_argument(
+        "--results",
+        default=str(Path(__file__).parent / "results"),
+        help="folder for quality.json and the per-combination files",
+    )
     args = p.parse_args(argv)
     names = [c["name"] for c in combinations(full=True, mixture=True)]
     if args.only:
@@ -167,29 +209,61 @@ def train_size(data, subset: int | None) -> int:
 
 
 def run_config(combo: dict, args: argparse.Namespace) -> RunConfig:
-    model = ModelConfig(latent_size=args.latent_size, width=args.width, components=combo["components"], prior=combo["prior"],
-                        prior_components=args.pseudo_inputs, image_size=28, mixture_weights=combo.get("weights", "learned"))
-    data = DataConfig(dataset="fashion-mnist", data_dir=args.data_dir, train_subset=args.train_subset, val_size=args.val_size, binarize=True)
+    model = ModelConfig(
+        latent_size=args.latent_size,
+        width=args.width,
+        components=combo["components"],
+        prior=combo["prior"],
+        prior_components=args.pseudo_inputs,
+        image_size=28,
+        mixture_weights=combo.get("weights", "learned"),
+    )
+    data = DataConfig(
+        dataset="fashion-mnist",
+        data_dir=args.data_dir,
+        train_subset=args.train_subset,
+        val_size=args.val_size,
+        binarize=True,
+    )
     # Without --epochs, epochs is only a ceiling: the time budget decides when each run stops.
-    train_cfg = TrainConfig(epochs=int(args.epochs) if args.epochs and args.epochs != "fit" else 100_000, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                            seed=args.seed, device=args.device,
-                            iw_samples=args.iw_samples if combo["objective"] == "iwae" else 1, max_minutes=args.minutes,
-                            mixture_estimator=combo.get("estimator", "marginal"))
+    train_cfg = TrainConfig(
+        epochs=int(args.epochs) if args.epochs and args.epochs != "fit" else 100_000,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        seed=args.seed,
+        device=args.device,
+        iw_samples=args.iw_samples if combo["objective"] == "iwae" else 1,
+        max_minutes=args.minutes,
+        mixture_estimator=combo.get("estimator", "marginal"),
+    )
     return RunConfig(model, data, train_cfg).validate()
 
 
 def evaluate(model, test_images: torch.Tensor, args: argparse.Namespace) -> dict:
     """vaekit's own evaluator (BatchNorm-folded fast path) on the fixed binarisation of the test images."""
-    result = evaluate_model(model, test_images, binarize=True, samples=args.nll_samples, batch_size=args.eval_batch,
-                            seed=EVAL_SEED, progress=False, fast=True, keep_per_image=True)
+    result = evaluate_model(
+        model,
+        test_images,
+        binarize=True,
+        samples=args.nll_samples,
+        batch_size=args.eval_batch,
+        seed=EVAL_SEED,
+        progress=False,
+        fast=True,
+        keep_per_image=True,
+    )
     test = result["test"]
     usage = result.get("components", {})
     return {
         "per_image_nll": [float(v) for v in result["per_image"]["nll"]],
         "effective_components": math.exp(usage["entropy_of_mean_weights"]) if usage else None,
-        "nll": test["nll"]["mean"], "nll_stderr": test["nll"]["stderr"],
-        "elbo": test["elbo"]["mean"], "elbo_stderr": test["elbo"]["stderr"],
-        "active_units": result["active_units"]["count"], "latent_size": result["active_units"]["of"],
+        "nll": test["nll"]["mean"],
+        "nll_stderr": test["nll"]["stderr"],
+        "elbo": test["elbo"]["mean"],
+        "elbo_stderr": test["elbo"]["stderr"],
+        "active_units": result["active_units"]["count"],
+        "latent_size": result["active_units"]["of"],
         "test_images": result["images"],
     }
 
@@ -217,7 +291,10 @@ def run_combination(combo: dict, data, args: argparse.Namespace, results: Path) 
     if args.epochs == "fit":
         config.train.epochs, rate = fit_epochs(config, data, args.minutes)
         fitted = {"epochs": config.train.epochs, "calibration_images_per_s": rate}
-        print(f"{combo['name']}: {rate:.0f} images/s now, {config.train.epochs} epochs fit in {args.minutes:g} minutes", file=sys.stderr)
+        print(
+            f"{combo['name']}: {rate:.0f} images/s now, {config.train.epochs} epochs fit in {args.minutes:g} minutes",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     train(config, out=run_dir, data=data, progress=False)
     train_minutes = (time.perf_counter() - started) / 60
@@ -234,16 +311,26 @@ def run_combination(combo: dict, data, args: argparse.Namespace, results: Path) 
         **combo,
         "iw_samples": config.train.iw_samples,
         **numbers,
-        "frechet_distance": fd, **({"frechet_note": fd_note} if fd_note else {}),
-        "epochs": run.state["step"] * args.batch_size / train_images, "full_epochs": len(history),
-        "last_val_elbo": history[-1]["val_elbo"] if history else None, "steps": run.state.get("step"),
-        "train_minutes": train_minutes, "eval_minutes": (time.perf_counter() - started) / 60,
-        "run_dir": str(run_dir), **({"fitted": fitted} if fitted else {}),
+        "frechet_distance": fd,
+        **({"frechet_note": fd_note} if fd_note else {}),
+        "epochs": run.state["step"] * args.batch_size / train_images,
+        "full_epochs": len(history),
+        "last_val_elbo": history[-1]["val_elbo"] if history else None,
+        "steps": run.state.get("step"),
+        "train_minutes": train_minutes,
+        "eval_minutes": (time.perf_counter() - started) / 60,
+        "run_dir": str(run_dir),
+        **({"fitted": fitted} if fitted else {}),
     }
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -262,24 +349,33 @@ def schedule_done(row: dict) -> float | None:
 def paired_to_baseline(row: dict, rows: list[dict]) -> str:
     """This row's NLL minus the baseline's, mean ± standard error over the same test images."""
     base = next((r for r in rows if r["name"] == _name(BASELINE)), None)
-    if base is None or row is base or "per_image_nll" not in row or len(base.get("per_image_nll", [])) != len(row["per_image_nll"]):
+    if (
+        base is None
+        or row is base
+        or "per_image_nll" not in row
+        or len(base.get("per_image_nll", [])) != len(row["per_image_nll"])
+    ):
         return ""
     diff = paired_difference(base["per_image_nll"], row["per_image_nll"])
     return f"{diff['mean']:+.2f}±{diff['stderr']:.2f}"
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'combination':<26} {'NLL':>14} {'vs K=1':>12} {'ELBO':>9} {'FD':>8} {'AU':>6} {'used K':>6} "
-            f"{'epochs':>6} {'fit done':>8} {'train min':>9}")
+    head = (
+        f"{'combination':<26} {'NLL':>14} {'vs K=1':>12} {'ELBO':>9} {'FD':>8} {'AU':>6} {'used K':>6} "
+        f"{'epochs':>6} {'fit done':>8} {'train min':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         fd = "" if r.get("frechet_distance") is None else f"{r['frechet_distance']:.2f}"
         nll = f"{r['nll']:.2f}±{r['nll_stderr']:.2f}"
         done = schedule_done(r)
         used = "" if r.get("effective_components") is None else f"{r['effective_components']:.2f}"
-        lines.append(f"{r['name']:<26} {nll:>14} {paired_to_baseline(r, rows):>12} {r['elbo']:>9.2f} {fd:>8} "
-                     f"{r['active_units']:>3}/{r['latent_size']:<2} {used:>6} "
-                     f"{r['epochs']:>6.2f} {'' if done is None else f'{done:.0%}':>8} {r['train_minutes']:>9.1f}")
+        lines.append(
+            f"{r['name']:<26} {nll:>14} {paired_to_baseline(r, rows):>12} {r['elbo']:>9.2f} {fd:>8} "
+            f"{r['active_units']:>3}/{r['latent_size']:<2} {used:>6} "
+            f"{r['epochs']:>6.2f} {'' if done is None else f'{done:.0%}':>8} {r['train_minutes']:>9.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -297,7 +393,11 @@ def main(argv=None) -> int:
             row = json.loads(path.read_text())
             rows.append(row)
             same = row.get("settings", {}).get("minutes") == args.minutes
-            print(f"{combo['name']}: done before, kept ({path})" + ("" if same else f"; NOTE: trained with --minutes {row.get('settings', {}).get('minutes')}"), file=sys.stderr)
+            print(
+                f"{combo['name']}: done before, kept ({path})"
+                + ("" if same else f"; NOTE: trained with --minutes {row.get('settings', {}).get('minutes')}"),
+                file=sys.stderr,
+            )
             continue
         if wanted is not None and combo["name"] not in wanted:
             continue
@@ -310,8 +410,13 @@ def main(argv=None) -> int:
     print(table(rows))
     summary = {
         "benchmark": "binarised Fashion-MNIST test NLL (nats), test set binarised once with seed "
-                     f"{EVAL_BINARIZE_SEED}, importance-sampled with q(z|x) as proposal",
-        "published": {"vae_gaussian_prior": 228.70, "vae_vampprior": 227.35, "hvae_vampprior": 224.67, "importance_samples": 5000},
+        f"{EVAL_BINARIZE_SEED}, importance-sampled with q(z|x) as proposal",
+        "published": {
+            "vae_gaussian_prior": 228.70,
+            "vae_vampprior": 227.35,
+            "hvae_vampprior": 224.67,
+            "importance_samples": 5000,
+        },
         "machine": machine(),
         "results": rows,
     }

@@ -49,12 +49,12 @@ import vaekit
 from vaekit.batching import binarize_fixed, make_batch
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import ImageSet, load_dataset
+from vaekit.distributed import DistContext
 from vaekit.evaluate import log_likelihood_estimate
 from vaekit.model import VAE
 from vaekit.objectives import training_loss
 from vaekit.runs import read_metrics
 from vaekit.speed import inference_model, set_threads, training_networks, warm_up
-from vaekit.distributed import DistContext
 from vaekit.stops import StepChecks, check_every, non_finite_flags
 from vaekit.training import train
 
@@ -63,6 +63,7 @@ LATENT = 32
 
 
 # --------------------------------------------------------------------------- timing helpers
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -101,6 +102,7 @@ def matmul_ceiling(device: torch.device, repeats: int, n: int = 2048) -> dict:
 
 # --------------------------------------------------------------------------- the naive baseline
 
+
 class NaiveVAE(nn.Module):
     """The notebook's network written plainly: NCHW, three conv heads, a Python loop over components."""
 
@@ -116,7 +118,13 @@ class NaiveVAE(nn.Module):
 
         self.enc = nn.Sequential(*down(1, 32), *down(32, 64), *down(64, 128), *down(128, 256))
         self.mu, self.logvar, self.logits = nn.Conv2d(256, k * d, 2), nn.Conv2d(256, k * d, 2), nn.Conv2d(256, k, 2)
-        self.dec = nn.Sequential(*up(d, 256, 4, 1, 0), *up(256, 128, 4, 2, 1), *up(128, 64, 4, 2, 1), *up(64, 32, 4, 2, 1), nn.ConvTranspose2d(32, 1, 1))
+        self.dec = nn.Sequential(
+            *up(d, 256, 4, 1, 0),
+            *up(256, 128, 4, 2, 1),
+            *up(128, 64, 4, 2, 1),
+            *up(64, 32, 4, 2, 1),
+            nn.ConvTranspose2d(32, 1, 1),
+        )
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         h = self.enc(x)
@@ -164,7 +172,10 @@ def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, devic
 
 # --------------------------------------------------------------------------- vaekit's own training
 
-def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.device, estimator: str = "marginal") -> dict:
+
+def vaekit_training(
+    data, k: int, batches: int, repeats: int, device: torch.device, estimator: str = "marginal"
+) -> dict:
     """vaekit.training.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
     config = RunConfig(
         ModelConfig(latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels),
@@ -195,7 +206,9 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     # The data handling share: make_batch alone against the median step.
     for _ in range(3):
         make_batch(images, index, True, memory_format)
-    batch_s = statistics.median(timed(lambda: make_batch(images, index, True, memory_format), device) for _ in range(20))
+    batch_s = statistics.median(
+        timed(lambda: make_batch(images, index, True, memory_format), device) for _ in range(20)
+    )
     step_s = BATCH / statistics.median(rates)
 
     # The per-step finite checks and gradient norm against the step: what training.training_step records on
@@ -214,13 +227,19 @@ def vaekit_training(data, k: int, batches: int, repeats: int, device: torch.devi
     checks()
     checks_s = statistics.median(timed(checks, device) for _ in range(20))
     return {
-        "images_per_s": summary(rates), "flop_per_image": flops, "epochs_wall_s": wall,
-        "make_batch_s": batch_s, "step_s": step_s, "data_share": batch_s / step_s,
-        "checks_s": checks_s, "checks_share": checks_s / step_s,
+        "images_per_s": summary(rates),
+        "flop_per_image": flops,
+        "epochs_wall_s": wall,
+        "make_batch_s": batch_s,
+        "step_s": step_s,
+        "data_share": batch_s / step_s,
+        "checks_s": checks_s,
+        "checks_share": checks_s / step_s,
     }
 
 
 # --------------------------------------------------------------------------- inference and NLL
+
 
 def trained_model(data, device: torch.device) -> VAE:
     """A K=1 model with BatchNorm statistics from a few batches (values matter only for checks)."""
@@ -229,7 +248,9 @@ def trained_model(data, device: torch.device) -> VAE:
     model.train()
     with torch.no_grad():
         for i in range(3):
-            model(make_batch(data.train.images.to(device), torch.arange(i * BATCH, (i + 1) * BATCH, device=device), True))
+            model(
+                make_batch(data.train.images.to(device), torch.arange(i * BATCH, (i + 1) * BATCH, device=device), True)
+            )
     return model.eval()
 
 
@@ -265,14 +286,24 @@ def nll(model, x: torch.Tensor, samples: int, repeats: int, device: torch.device
         flops = count_flops(lambda: log_likelihood_estimate(model, x, samples)) / (len(x) * samples)
         for name, m in (("plain eval", model), ("folded+channels_last", fast)):
             log_likelihood_estimate(m, x, samples)
-            rates = [len(x) * samples / timed(lambda: log_likelihood_estimate(m, x, samples), device) for _ in range(repeats)]
+            rates = [
+                len(x) * samples / timed(lambda: log_likelihood_estimate(m, x, samples), device) for _ in range(repeats)
+            ]
             out[name] = {"samples_per_s": summary(rates), "flop_per_sample": flops}
     return out
 
 
 # --------------------------------------------------------------------------- main
 
-ROWS = ("naive K=1", "vaekit K=1", "naive K=5", "vaekit K=5", "vaekit K=5 pathwise", "vaekit K=20 pathwise", "inference")
+ROWS = (
+    "naive K=1",
+    "vaekit K=1",
+    "naive K=5",
+    "vaekit K=5",
+    "vaekit K=5 pathwise",
+    "vaekit K=20 pathwise",
+    "inference",
+)
 
 
 def measure_row(row: str, args: argparse.Namespace) -> dict:
@@ -295,9 +326,11 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
     if row == "inference":
         samples = 20 if args.quick else 100
         model = trained_model(data, device)
-        x_eval = binarize_fixed(data.test.images[:1024 if not big else 2048].to(device), 0)
-        out = {"inference": inference(model, x_eval, args.repeats, device, args.compile),
-               "nll": {**nll(model, x_eval[:256], samples, args.repeats, device), "samples": samples}}
+        x_eval = binarize_fixed(data.test.images[: 1024 if not big else 2048].to(device), 0)
+        out = {
+            "inference": inference(model, x_eval, args.repeats, device, args.compile),
+            "nll": {**nll(model, x_eval[:256], samples, args.repeats, device), "samples": samples},
+        }
     else:
         kind, rest = row.split(" K=")
         k, _, estimator = rest.partition(" ")
@@ -317,7 +350,11 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
 def run_row_in_child(row: str, args: argparse.Namespace) -> dict:
     """Each row in its own process: earlier rows' allocator and thread-pool state cannot slow it."""
     cmd = [sys.executable, __file__, "--row", row, "--repeats", str(args.repeats), "--device", args.device]
-    cmd += ["--quick"] * args.quick + ["--compile"] * args.compile + (["--threads", str(args.threads)] if args.threads else [])
+    cmd += (
+        ["--quick"] * args.quick
+        + ["--compile"] * args.compile
+        + (["--threads", str(args.threads)] if args.threads else [])
+    )
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -327,10 +364,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="fewer steps and samples: a smoke run")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile for inference (pays the compile time)")
+    p.add_argument(
+        "--compile", action="store_true", help="also time torch.compile for inference (pays the compile time)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: measure one row, print its JSON
-    p.add_argument("--only", nargs="+", choices=ROWS, metavar="ROW", help=f"measure only these rows, of: {', '.join(ROWS)}")
+    p.add_argument(
+        "--only", nargs="+", choices=ROWS, metavar="ROW", help=f"measure only these rows, of: {', '.join(ROWS)}"
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = p.parse_args(argv)
     if args.row:
@@ -339,10 +380,20 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     threads = set_threads(args.threads)
     started = time.perf_counter()
-    results: dict = {"machine": {"python": sys.version.split()[0], "torch": torch.__version__, "vaekit": vaekit.__version__,
-                                 "platform": platform.platform(), "processor": platform.processor(), "threads": threads,
-                                 "device": str(device), "quick": args.quick, "repeats": args.repeats,
-                                 "rows": "each in its own child process, one after another"}}
+    results: dict = {
+        "machine": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "vaekit": vaekit.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": threads,
+            "device": str(device),
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "rows": "each in its own child process, one after another",
+        }
+    }
     results["ceiling_gflops"] = matmul_ceiling(device, args.repeats)
     results["training"] = {}
     peak_cuda = []
@@ -375,16 +426,25 @@ def main(argv=None) -> int:
 
 
 def print_table(r: dict) -> None:
-    print(f"\nvaekit throughput: torch {r['machine']['torch']}, {r['machine']['threads']} threads, {r['machine']['device']}, "
-          f"median [min-max] of {r['machine']['repeats']} repeats; each row against the matmul ceiling measured around it")
+    print(
+        f"\nvaekit throughput: torch {r['machine']['torch']}, {r['machine']['threads']} threads, "
+        f"{r['machine']['device']}, "
+        f"median [min-max] of {r['machine']['repeats']} repeats; each row against the matmul ceiling measured around it"
+    )
     print(f"{'row':38s} {'rate':>24s} {'unit':>10s} {'MFLOP/unit':>10s} {'GFLOP/s':>8s} {'ceiling':>8s} {'of it':>6s}")
 
     def row(name, s, unit, flop, ceiling):
         g = s["median"] * flop / 1e9
         rate = f"{s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}]"
-        print(f"{name:38s} {rate:>24s} {unit:>10s} {flop / 1e6:10.1f} {g:8.1f} {ceiling['median']:8.1f} {g / ceiling['median']:6.0%}")
+        print(
+            f"{name:38s} {rate:>24s} {unit:>10s} {flop / 1e6:10.1f} {g:8.1f} {ceiling['median']:8.1f} "
+            f"{g / ceiling['median']:6.0%}"
+        )
 
-    for key, label in (("ceiling_gflops", "fp32 matmul 2048, before the rows"), ("ceiling_after_gflops", "fp32 matmul 2048, after the rows")):
+    for key, label in (
+        ("ceiling_gflops", "fp32 matmul 2048, before the rows"),
+        ("ceiling_after_gflops", "fp32 matmul 2048, after the rows"),
+    ):
         if key in r:
             c = r[key]
             print(f"{label:38s} {c['median']:.1f} [{c['min']:.1f}-{c['max']:.1f}]{'':>4s} {'GFLOP/s':>10s}")
@@ -396,23 +456,34 @@ def print_table(r: dict) -> None:
         if f"vaekit K={k}" not in r["training"] or f"naive K={k}" not in r["training"]:
             continue
         v, n = r["training"][f"vaekit K={k}"], r["training"][f"naive K={k}"]
-        print(f"  vaekit K={k}: {v['images_per_s']['median'] / n['images_per_s']['median']:.2f}x naive "
-              f"({share(v) / share(n):.2f}x in shares of each row's ceiling); "
-              f"make_batch {v['make_batch_s'] * 1e3:.2f} ms = {v['data_share']:.1%} of a step; "
-              f"finite checks + grad norm {v['checks_s'] * 1e3:.2f} ms = {v['checks_share']:.1%}")
+        print(
+            f"  vaekit K={k}: {v['images_per_s']['median'] / n['images_per_s']['median']:.2f}x naive "
+            f"({share(v) / share(n):.2f}x in shares of each row's ceiling); "
+            f"make_batch {v['make_batch_s'] * 1e3:.2f} ms = {v['data_share']:.1%} of a step; "
+            f"finite checks + grad norm {v['checks_s'] * 1e3:.2f} ms = {v['checks_share']:.1%}"
+        )
     base = r["training"].get("vaekit K=1")
     for name in ("vaekit K=5", "vaekit K=5 pathwise", "vaekit K=20 pathwise"):
         if base and name in r["training"]:
             t = r["training"][name]
-            print(f"  {name}: a step costs {base['images_per_s']['median'] / t['images_per_s']['median']:.2f}x a K=1 step "
-                  f"({rate(base) / rate(t):.2f}x with each row's rate over its own ceiling)")
+            print(
+                f"  {name}: a step costs "
+                f"{base['images_per_s']['median'] / t['images_per_s']['median']:.2f}x a K=1 step "
+                f"({rate(base) / rate(t):.2f}x with each row's rate over its own ceiling)"
+            )
     for name, t in r.get("inference", {}).items():
         row(f"encode+decode {name}", t["images_per_s"], "img/s", t["flop_per_image"], t["ceiling_gflops"])
         if "compile_s" in t:
             print(f"  (compile {t['compile_s']:.0f} s)")
     for name, t in r.get("nll", {}).items():
         if isinstance(t, dict):
-            row(f"NLL S={r['nll']['samples']} {name}", t["samples_per_s"], "samples/s", t["flop_per_sample"], t["ceiling_gflops"])
+            row(
+                f"NLL S={r['nll']['samples']} {name}",
+                t["samples_per_s"],
+                "samples/s",
+                t["flop_per_sample"],
+                t["ceiling_gflops"],
+            )
     print(f"peak resident memory {r['peak_rss_mib']:.0f} MiB; wall {r['wall_s']:.0f} s")
 
 

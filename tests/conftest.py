@@ -21,14 +21,23 @@ def blob_images(n: int, size: int = 28, channels: int = 1, seed: int = 0) -> tup
     for c in range(4):
         r, q = divmod(c, 2)
         sel = labels == c
-        images[sel, :, r * half + 2:r * half + half - 2, q * half + 2:q * half + half - 2] = 230
+        images[sel, :, r * half + 2 : r * half + half - 2, q * half + 2 : q * half + half - 2] = 230
     return images, labels
 
 
 def make_tiny_splits(n: int = 240, size: int = 28, channels: int = 1, seed: int = 0):
     images, labels = blob_images(n, size, channels, seed)
-    return make_splits("blobs", images, labels, image_size=size, channels=channels,
-                       class_names=["tl", "tr", "bl", "br"], checksum=f"blobs-{n}-{size}-{channels}-{seed}", source="generated", seed=seed)
+    return make_splits(
+        "blobs",
+        images,
+        labels,
+        image_size=size,
+        channels=channels,
+        class_names=["tl", "tr", "bl", "br"],
+        checksum=f"blobs-{n}-{size}-{channels}-{seed}",
+        source="generated",
+        seed=seed,
+    )
 
 
 @pytest.fixture
@@ -38,7 +47,9 @@ def tiny_splits():
 
 def tiny_config(**overrides) -> RunConfig:
     """latent 4, batch 32, one epoch; override with model__x=..., train__y=..., data__z=..."""
-    config = RunConfig(ModelConfig(latent_size=4, image_size=28), DataConfig(dataset="blobs"), TrainConfig(epochs=1, batch_size=32))
+    config = RunConfig(
+        ModelConfig(latent_size=4, image_size=28), DataConfig(dataset="blobs"), TrainConfig(epochs=1, batch_size=32)
+    )
     for key, value in overrides.items():
         part, name = key.split("__")
         setattr(getattr(config, part), name, value)

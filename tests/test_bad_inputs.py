@@ -28,7 +28,11 @@ IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 
 def _idx(array: np.ndarray) -> bytes:
-    return struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, 8, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def _idx_dir(root: Path, broken: bytes) -> Path:
@@ -52,7 +56,25 @@ def npz(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--dataset", f"npz:{npz}", "--latent-size", "4", "--batch-size", "32", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"npz:{npz}",
+                "--latent-size",
+                "4",
+                "--batch-size",
+                "32",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -91,7 +113,9 @@ def _file(tmp: Path) -> Path:
 def _read_only(monkeypatch, path: Path) -> None:
     """Tests run as root, for whom chmod changes nothing: deny write access the way os.access would."""
     real = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == path and mode & os.W_OK else real(p, mode, *a, **k))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, *a, **k: False if Path(p) == path and mode & os.W_OK else real(p, mode, *a, **k)
+    )
 
 
 def _unreadable(monkeypatch, path: Path) -> None:
@@ -103,54 +127,229 @@ TRAIN = ["train", "--latent-size", "4", "--batch-size", "32", "--epochs", "1", "
 
 # (id, argv builder (tmp, npz, finished_run, monkeypatch) -> argv, words the one line must contain)
 CASES = [
-    ("idx-truncated", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, _idx(np.zeros((10, 28, 28)))[:500]))], ["truncated IDX file", "re-download"]),
+    (
+        "idx-truncated",
+        lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, _idx(np.zeros((10, 28, 28)))[:500]))],
+        ["truncated IDX file", "re-download"],
+    ),
     ("idx-empty", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, b""))], ["empty file", "re-download"]),
-    ("idx-wrong-magic", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, b"\x12\x34" + _idx(np.zeros((10, 28, 28)))[2:]))], ["bad magic number", "re-download"]),
-    ("idx-wrong-dimension", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, _idx(np.zeros((10, 32, 32)))))], ["expected 28x28 images", "check that it is"]),
-    ("idx-corrupt-gzip", lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, gzip.compress(_idx(np.zeros((10, 28, 28))))[:40]))], ["corrupt gzip", "re-download"]),
-    ("data-dir-missing", lambda t, n, r, m: TRAIN + ["--data-dir", str(t / "nowhere")], ["does not exist", "--data-dir"]),
-    ("data-dir-is-a-file", lambda t, n, r, m: TRAIN + ["--data-dir", str(_file(t))], ["not a readable folder", "--data-dir"]),
-    ("data-dir-unreadable", lambda t, n, r, m: (d := t / "locked", d.mkdir(), _unreadable(m, d), TRAIN + ["--data-dir", str(d)])[-1], ["not a readable folder", "--data-dir"]),
-    ("image-folder-empty", lambda t, n, r, m: (d := t / "empty", d.mkdir(), TRAIN + ["--dataset", f"folder:{d}"])[-1], ["no PNG/JPEG images found", "put images in it"]),
-    ("image-folder-of-text", lambda t, n, r, m: (d := t / "txt", d.mkdir(), (d / "a.txt").write_text("x"), TRAIN + ["--dataset", f"folder:{d}"])[-1], ["no PNG/JPEG images found", "put images in it"]),
-    ("image-folder-of-fake-pngs", lambda t, n, r, m: (d := t / "fake", d.mkdir(), [(d / f"{i}.png").write_bytes(b"not a png") for i in range(3)], TRAIN + ["--dataset", f"folder:{d}"])[-1], ["none of the 3 image files", "valid PNG/JPEG"]),
-    ("image-folder-missing", lambda t, n, r, m: TRAIN + ["--dataset", f"folder:{t / 'nowhere'}"], ["does not exist", "folder:PATH"]),
-    ("npz-missing", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{t / 'nowhere.npz'}"], ["does not exist", "npz:PATH"]),
-    ("npz-not-an-npz", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{_file(t)}"], ["cannot read npz file", "numpy.savez"]),
-    ("out-is-a-file", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_file(t))], ["is a file", "folder path"]),
-    ("out-under-a-file", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_file(t) / "run")], ["is a file, not a folder", "another --out"]),
-    ("out-read-only", lambda t, n, r, m: (d := t / "ro", d.mkdir(), _read_only(m, d), TRAIN + ["--dataset", f"npz:{n}", "--out", str(d / "run")])[-1], ["not writable", "choose another folder"]),
-    ("out-holds-a-run", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_run_copy(r, t))], ["already holds a run", "--resume"]),
-    ("sample-without-checkpoint", lambda t, n, r, m: ["sample", str(_run_without_checkpoint(r, t))], ["has no checkpoint yet", "train it"]),
-    ("reconstruct-without-checkpoint", lambda t, n, r, m: ["reconstruct", str(_run_without_checkpoint(r, t))], ["has no checkpoint yet", "train it"]),
-    ("resume-without-checkpoint", lambda t, n, r, m: ["train", "--resume", str(_run_without_checkpoint(r, t)), "--quiet"], ["no checkpoint to resume from", "start it again"]),
-    ("resume-not-a-run", lambda t, n, r, m: ["train", "--resume", str(t), "--quiet"], ["not a vaekit run directory", "pass the folder"]),
+    (
+        "idx-wrong-magic",
+        lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, b"\x12\x34" + _idx(np.zeros((10, 28, 28)))[2:]))],
+        ["bad magic number", "re-download"],
+    ),
+    (
+        "idx-wrong-dimension",
+        lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, _idx(np.zeros((10, 32, 32)))))],
+        ["expected 28x28 images", "check that it is"],
+    ),
+    (
+        "idx-corrupt-gzip",
+        lambda t, n, r, m: TRAIN + ["--data-dir", str(_idx_dir(t, gzip.compress(_idx(np.zeros((10, 28, 28))))[:40]))],
+        ["corrupt gzip", "re-download"],
+    ),
+    (
+        "data-dir-missing",
+        lambda t, n, r, m: TRAIN + ["--data-dir", str(t / "nowhere")],
+        ["does not exist", "--data-dir"],
+    ),
+    (
+        "data-dir-is-a-file",
+        lambda t, n, r, m: TRAIN + ["--data-dir", str(_file(t))],
+        ["not a readable folder", "--data-dir"],
+    ),
+    (
+        "data-dir-unreadable",
+        lambda t, n, r, m: (d := t / "locked", d.mkdir(), _unreadable(m, d), TRAIN + ["--data-dir", str(d)])[-1],
+        ["not a readable folder", "--data-dir"],
+    ),
+    (
+        "image-folder-empty",
+        lambda t, n, r, m: (d := t / "empty", d.mkdir(), TRAIN + ["--dataset", f"folder:{d}"])[-1],
+        ["no PNG/JPEG images found", "put images in it"],
+    ),
+    (
+        "image-folder-of-text",
+        lambda t, n, r, m: (
+            d := t / "txt",
+            d.mkdir(),
+            (d / "a.txt").write_text("x"),
+            TRAIN + ["--dataset", f"folder:{d}"],
+        )[-1],
+        ["no PNG/JPEG images found", "put images in it"],
+    ),
+    (
+        "image-folder-of-fake-pngs",
+        lambda t, n, r, m: (
+            d := t / "fake",
+            d.mkdir(),
+            [(d / f"{i}.png").write_bytes(b"not a png") for i in range(3)],
+            TRAIN + ["--dataset", f"folder:{d}"],
+        )[-1],
+        ["none of the 3 image files", "valid PNG/JPEG"],
+    ),
+    (
+        "image-folder-missing",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"folder:{t / 'nowhere'}"],
+        ["does not exist", "folder:PATH"],
+    ),
+    (
+        "npz-missing",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{t / 'nowhere.npz'}"],
+        ["does not exist", "npz:PATH"],
+    ),
+    (
+        "npz-not-an-npz",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{_file(t)}"],
+        ["cannot read npz file", "numpy.savez"],
+    ),
+    (
+        "out-is-a-file",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_file(t))],
+        ["is a file", "folder path"],
+    ),
+    (
+        "out-under-a-file",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_file(t) / "run")],
+        ["is a file, not a folder", "another --out"],
+    ),
+    (
+        "out-read-only",
+        lambda t, n, r, m: (
+            d := t / "ro",
+            d.mkdir(),
+            _read_only(m, d),
+            TRAIN + ["--dataset", f"npz:{n}", "--out", str(d / "run")],
+        )[-1],
+        ["not writable", "choose another folder"],
+    ),
+    (
+        "out-holds-a-run",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--out", str(_run_copy(r, t))],
+        ["already holds a run", "--resume"],
+    ),
+    (
+        "sample-without-checkpoint",
+        lambda t, n, r, m: ["sample", str(_run_without_checkpoint(r, t))],
+        ["has no checkpoint yet", "train it"],
+    ),
+    (
+        "reconstruct-without-checkpoint",
+        lambda t, n, r, m: ["reconstruct", str(_run_without_checkpoint(r, t))],
+        ["has no checkpoint yet", "train it"],
+    ),
+    (
+        "resume-without-checkpoint",
+        lambda t, n, r, m: ["train", "--resume", str(_run_without_checkpoint(r, t)), "--quiet"],
+        ["no checkpoint to resume from", "start it again"],
+    ),
+    (
+        "resume-not-a-run",
+        lambda t, n, r, m: ["train", "--resume", str(t), "--quiet"],
+        ["not a vaekit run directory", "pass the folder"],
+    ),
     ("sample-missing-run", lambda t, n, r, m: ["sample", str(t / "nowhere")], ["does not exist", "pass the folder"]),
-    ("latent-size-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--latent-size", "0"], ["--latent-size must be a positive integer"]),
-    ("negative-lr", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr", "-0.001"], ["--lr must be a positive number"]),
+    (
+        "latent-size-0",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--latent-size", "0"],
+        ["--latent-size must be a positive integer"],
+    ),
+    (
+        "negative-lr",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr", "-0.001"],
+        ["--lr must be a positive number"],
+    ),
     ("nan-lr", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr", "nan"], ["--lr must be a positive number"]),
-    ("components-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "0"], ["--components must be a positive integer"]),
-    ("epochs-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--epochs", "0"], ["--epochs must be a positive integer"]),
-    ("batch-larger-than-data", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "500"], ["larger than the 160 training images", "lower it"]),
-    ("negative-checkpoint-every", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--checkpoint-every", "-1"], ["--checkpoint-every must be >= 0"]),
-    ("free-bits-with-a-mixture", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "2", "--free-bits", "0.5"], ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"]),
-    ("free-bits-with-a-vamp-prior", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--prior", "vamp", "--free-bits", "0.5"], ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"]),
-    ("grad-clip-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"], ["--grad-clip must be positive"]),
-    ("max-minutes-0", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--max-minutes", "0"], ["--max-minutes (max_minutes) must be a positive number"]),
-    ("not-an-int", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"], ["invalid int value", "--help"]),
-    ("unknown-dataset", lambda t, n, r, m: TRAIN + ["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "use one of"]),
-    ("unknown-likelihood", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--likelihood", "poisson"], ["unknown --likelihood 'poisson'", "choose one of"]),
-    ("unknown-lr-schedule", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr-schedule", "step"], ["unknown --lr-schedule 'step'", "choose one of"]),
+    (
+        "components-0",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "0"],
+        ["--components must be a positive integer"],
+    ),
+    (
+        "epochs-0",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--epochs", "0"],
+        ["--epochs must be a positive integer"],
+    ),
+    (
+        "batch-larger-than-data",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "500"],
+        ["larger than the 160 training images", "lower it"],
+    ),
+    (
+        "negative-checkpoint-every",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--checkpoint-every", "-1"],
+        ["--checkpoint-every must be >= 0"],
+    ),
+    (
+        "free-bits-with-a-mixture",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--components", "2", "--free-bits", "0.5"],
+        ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"],
+    ),
+    (
+        "free-bits-with-a-vamp-prior",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--prior", "vamp", "--free-bits", "0.5"],
+        ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"],
+    ),
+    (
+        "grad-clip-0",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"],
+        ["--grad-clip must be positive"],
+    ),
+    (
+        "max-minutes-0",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--max-minutes", "0"],
+        ["--max-minutes (max_minutes) must be a positive number"],
+    ),
+    (
+        "not-an-int",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--batch-size", "many"],
+        ["invalid int value", "--help"],
+    ),
+    (
+        "unknown-dataset",
+        lambda t, n, r, m: TRAIN + ["--dataset", "imagenet"],
+        ["unknown dataset 'imagenet'", "use one of"],
+    ),
+    (
+        "unknown-likelihood",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--likelihood", "poisson"],
+        ["unknown --likelihood 'poisson'", "choose one of"],
+    ),
+    (
+        "unknown-lr-schedule",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--lr-schedule", "step"],
+        ["unknown --lr-schedule 'step'", "choose one of"],
+    ),
     ("unknown-flag", lambda t, n, r, m: TRAIN + ["--learning-rate", "0.1"], ["unrecognized arguments", "--help"]),
-    ("config-unknown-key", lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(hidden_dims=[32, 64])))], ["unknown key(s) hidden_dims", "remove them"]),
-    ("config-wrong-type", lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(latent_size="four")))], ["model.latent_size: expected int", '"four"']),
-    ("config-not-json", lambda t, n, r, m: (run := _run_copy(r, t), (run / "config.json").write_text("{oops"), ["sample", str(run)])[-1], ["is not valid JSON", "restore it"]),
-    ("device-cuda-absent", lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--device", "cuda"], ["CUDA is not available", "--device cpu"]),
+    (
+        "config-unknown-key",
+        lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(hidden_dims=[32, 64])))],
+        ["unknown key(s) hidden_dims", "remove them"],
+    ),
+    (
+        "config-wrong-type",
+        lambda t, n, r, m: ["sample", str(_run_copy(r, t, lambda c: c["model"].update(latent_size="four")))],
+        ["model.latent_size: expected int", '"four"'],
+    ),
+    (
+        "config-not-json",
+        lambda t, n, r, m: (run := _run_copy(r, t), (run / "config.json").write_text("{oops"), ["sample", str(run)])[
+            -1
+        ],
+        ["is not valid JSON", "restore it"],
+    ),
+    (
+        "device-cuda-absent",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--device", "cuda"],
+        ["CUDA is not available", "--device cpu"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("build, needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(build, needles, npz, finished_run, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    build, needles, npz, finished_run, tmp_path, monkeypatch, capsys
+):
     if "cuda" in needles[0].lower() and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     monkeypatch.chdir(tmp_path)  # a default runs/<timestamp> would land here
@@ -178,8 +377,24 @@ def test_mixed_sizes_and_modes_load_with_a_warning_and_train(tmp_path, capsys):
     sizes = [(28, 28), (40, 30), (20, 50), (64, 64), (33, 33)]
     folder = _images(tmp_path, [(modes[i % len(modes)], sizes[i % len(sizes)]) for i in range(40)])
     out = tmp_path / "run"
-    code = main(["train", "--dataset", f"folder:{folder}", "--image-size", "28", "--latent-size", "4",
-                 "--batch-size", "8", "--epochs", "1", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            f"folder:{folder}",
+            "--image-size",
+            "28",
+            "--latent-size",
+            "4",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("vaekit: warning:")]
@@ -215,15 +430,33 @@ WRITE_CASES = [
     ("train-out", lambda t, n, r: TRAIN + ["--dataset", f"npz:{n}", "--out", f"{UNWRITABLE}/run"], UNWRITABLE),
     ("sample-out", lambda t, n, r: ["sample", str(r), "-n", "4", "--out", f"{UNWRITABLE}/s.png"], UNWRITABLE),
     ("reconstruct-out", lambda t, n, r: ["reconstruct", str(r), "-n", "4", "--out", f"{UNWRITABLE}/r.png"], UNWRITABLE),
-    ("interpolate-out", lambda t, n, r: ["interpolate", str(r), "--pairs", "1", "--steps", "3", "--out", f"{UNWRITABLE}/i.png"], UNWRITABLE),
-    ("evaluate-record", lambda t, n, r: ["evaluate", str(_blocked(_run_copy(r, t), "evaluation.json")), "--nll-samples", "2",
-                                         "--test-subset", "4", "--no-quality", "--quiet"], "evaluation.json"),
+    (
+        "interpolate-out",
+        lambda t, n, r: ["interpolate", str(r), "--pairs", "1", "--steps", "3", "--out", f"{UNWRITABLE}/i.png"],
+        UNWRITABLE,
+    ),
+    (
+        "evaluate-record",
+        lambda t, n, r: [
+            "evaluate",
+            str(_blocked(_run_copy(r, t), "evaluation.json")),
+            "--nll-samples",
+            "2",
+            "--test-subset",
+            "4",
+            "--no-quality",
+            "--quiet",
+        ],
+        "evaluation.json",
+    ),
     ("report-page", lambda t, n, r: ["report", str(_blocked(_run_copy(r, t), "report.html"))], "report.html"),
 ]
 
 
 @pytest.mark.parametrize("build, path", [c[1:] for c in WRITE_CASES], ids=[c[0] for c in WRITE_CASES])
-def test_a_path_that_cannot_be_written_is_one_line_exit_2(build, path, npz, finished_run, tmp_path, monkeypatch, capsys):
+def test_a_path_that_cannot_be_written_is_one_line_exit_2(
+    build, path, npz, finished_run, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     argv = build(tmp_path, npz, finished_run)
     if argv[0] == "report":  # the pictures a report draws first are not what is tested here
@@ -286,7 +519,14 @@ def test_a_read_only_folder_as_an_ordinary_user_is_one_line_exit_2(command, npz,
         else:
             argv = ["sample", str(shared / "run"), "-n", "4", "--out", str(locked / "s.png")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HOME": str(shared), "MPLCONFIGDIR": str(shared)}
-        proc = subprocess.run(prefix + [sys.executable, "-m", "vaekit", *argv], capture_output=True, text=True, timeout=120, cwd=shared, env=env)
+        proc = subprocess.run(
+            prefix + [sys.executable, "-m", "vaekit", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=shared,
+            env=env,
+        )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith("vaekit: error: ") and str(locked) in proc.stderr, proc.stderr

@@ -26,7 +26,15 @@ from vaekit.training import train
 
 
 def _state(step: int) -> dict:
-    return {"epoch": 0, "step": step, "position": step, "best_val_elbo": None, "history": [], "sums": None, "seconds": 0.0}
+    return {
+        "epoch": 0,
+        "step": step,
+        "position": step,
+        "best_val_elbo": None,
+        "history": [],
+        "sums": None,
+        "seconds": 0.0,
+    }
 
 
 def _save(run: Path, step: int, value: float) -> None:
@@ -41,6 +49,7 @@ def _one_line(capsys) -> str:
 
 
 # --------------------------------------------------------------------------- atomic writes
+
 
 @pytest.mark.parametrize("where", ["weights", "rename", "pointer"])
 def test_a_crash_midway_through_a_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch, where):
@@ -86,12 +95,15 @@ def test_a_failed_write_during_training_stops_with_one_line_and_keeps_the_last(t
         real(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(checkpoint, "save_file", fail_third)
-    with pytest.raises(VaekitError, match="could not write a checkpoint .*No space left on device.*previous one is kept"):
+    with pytest.raises(
+        VaekitError, match="could not write a checkpoint .*No space left on device.*previous one is kept"
+    ):
         train(tiny_config(train__checkpoint_every=1), out=tmp_path / "run", data=make_tiny_splits(), progress=False)
     assert load_checkpoint(tmp_path / "run").state["step"] == 2
 
 
 # --------------------------------------------------------------------------- safe loading
+
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory) -> Path:
@@ -104,7 +116,25 @@ def npz(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--dataset", f"npz:{npz}", "--latent-size", "4", "--batch-size", "32", "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"npz:{npz}",
+                "--latent-size",
+                "4",
+                "--batch-size",
+                "32",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -179,6 +209,7 @@ def test_missing_extra_or_reshaped_tensors_are_refused_naming_them(run, capsys, 
 
 # --------------------------------------------------------------------------- non-finite numbers
 
+
 def _poison(monkeypatch, from_call: int, how: str) -> list[bool]:
     """From the from_call-th training forward on, make a term (or only its gradient) non-finite."""
     real = VAE.forward
@@ -203,8 +234,23 @@ def _poison(monkeypatch, from_call: int, how: str) -> list[bool]:
 
 
 def _train_argv(npz: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", f"npz:{npz}", "--latent-size", "4", "--batch-size", "32", "--epochs", "1",
-            "--checkpoint-every", "1", "--quiet", "--out", str(out), *extra]
+    return [
+        "train",
+        "--dataset",
+        f"npz:{npz}",
+        "--latent-size",
+        "4",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_a_nan_loss_stops_naming_step_and_term_and_keeps_the_last_checkpoint(npz, tmp_path, monkeypatch, capsys):
@@ -251,13 +297,22 @@ def _spy_optimizer(monkeypatch) -> list:
 
     made = []
     real = step_module.make_optimizer
-    monkeypatch.setattr(step_module, "make_optimizer", lambda model, lr: made.append((model, real(model, lr))) or made[-1][1])
+    monkeypatch.setattr(
+        step_module, "make_optimizer", lambda model, lr: made.append((model, real(model, lr))) or made[-1][1]
+    )
     return made
 
 
-@pytest.mark.parametrize("how, message", [("recon-value", "non-finite loss at step 2 in the reconstruction term"),
-                                          ("kl-gradient", "non-finite gradient at step 2; ")])
-def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_update(npz, tmp_path, monkeypatch, capsys, how, message):
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("recon-value", "non-finite loss at step 2 in the reconstruction term"),
+        ("kl-gradient", "non-finite gradient at step 2; "),
+    ],
+)
+def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_update(
+    npz, tmp_path, monkeypatch, capsys, how, message
+):
     # What a GPU run does: the step never waits for the host; the flags are settled every
     # CUDA_CHECK_EVERY steps, here once at the epoch's end, and bad steps were skipped on the device.
     import vaekit.stops as stops_module
@@ -266,7 +321,9 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
     made = _spy_optimizer(monkeypatch)
     _poison(monkeypatch, 2, how)
     out = tmp_path / "run"
-    assert main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 2  # no --checkpoint-every: nothing forces an earlier check
+    assert (
+        main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 2
+    )  # no --checkpoint-every: nothing forces an earlier check
     line = _one_line(capsys)
     assert message in line and "no checkpoint had been written yet" in line
     model, optimizer = made[0]
@@ -287,7 +344,9 @@ def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
         optimizer.step()
         same = all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
         assert same is not changes
-    reference = torch.optim.Adam([p.detach().clone().requires_grad_() for p in before], lr=0.1)  # the same update, unfused
+    reference = torch.optim.Adam(
+        [p.detach().clone().requires_grad_() for p in before], lr=0.1
+    )  # the same update, unfused
     for p, q in zip(reference.param_groups[0]["params"], net.parameters()):
         p.grad = q.grad.clone()
     reference.step()
@@ -299,6 +358,7 @@ def test_a_checkpoint_of_an_unfused_adam_resumes_fused(npz, tmp_path, monkeypatc
     import vaekit.step as step_module
 
     out = tmp_path / "run"
+
     class Unfused(torch.optim.Adam):  # how vaekit's checkpoints were written before the fused Adam
         found_inf = property(lambda self: None, lambda self, value: None)
 

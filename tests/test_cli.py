@@ -22,8 +22,24 @@ def npz_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(npz_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    code = main(["train", "--dataset", f"npz:{npz_data}", "--latent-size", "4", "--components", "2",
-                 "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            f"npz:{npz_data}",
+            "--latent-size",
+            "4",
+            "--components",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out
 
@@ -66,13 +82,20 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
 
 
 def test_no_traceback_from_the_console_entry(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vaekit", "sample", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaekit", "sample", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not a vaekit run directory" in proc.stderr
 
 
-@pytest.mark.parametrize("argv, needle", [(["train", "--width", "100"], "--width must be a multiple of 8"),
-                                          (["train", "--width", "0"], "--width must be a positive integer")])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--width", "100"], "--width must be a multiple of 8"),
+        (["train", "--width", "0"], "--width must be a positive integer"),
+    ],
+)
 def test_bad_width_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

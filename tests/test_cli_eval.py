@@ -27,8 +27,27 @@ def run(tmp_path_factory, cache):
     data = tmp_path_factory.mktemp("data") / "blobs.npz"
     np.savez(data, images=images[:, 0], labels=labels)
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", "--dataset", f"npz:{data}", "--latent-size", "2", "--components", "3",
-                 "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"npz:{data}",
+                "--latent-size",
+                "2",
+                "--components",
+                "3",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -39,8 +58,25 @@ def test_training_draws_the_latent_pictures(run):
 
 def test_evaluate_prints_and_writes_the_numbers(run, tmp_path, capsys, cache):
     extra = tmp_path / "eval.json"
-    code = main(["evaluate", str(run), "--nll-samples", "16", "--test-subset", "20", "--batch-size", "8",
-                 "--json", str(extra), "--quality-samples", "25", "--classifier-epochs", "2", "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            str(run),
+            "--nll-samples",
+            "16",
+            "--test-subset",
+            "20",
+            "--batch-size",
+            "8",
+            "--json",
+            str(extra),
+            "--quality-samples",
+            "25",
+            "--classifier-epochs",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert "+-" in summary["nll"] and summary["active_units"].endswith("of 2")
@@ -62,17 +98,43 @@ def test_evaluate_refuses_bad_arguments(run, capsys):
 
 
 def test_evaluate_reads_the_checkpoint_named_on_the_command_line(run, capsys):
-    assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet", "--checkpoint", "latest"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--nll-samples",
+                "4",
+                "--test-subset",
+                "10",
+                "--no-quality",
+                "--quiet",
+                "--checkpoint",
+                "latest",
+            ]
+        )
+        == 0
+    )
     settings = json.loads((run / "evaluation.json").read_text())["settings"]
-    assert settings["checkpoint"] == "latest" and settings["checkpoint_step"] == load_checkpoint(run, "latest").state["step"]
+    assert (
+        settings["checkpoint"] == "latest"
+        and settings["checkpoint_step"] == load_checkpoint(run, "latest").state["step"]
+    )
 
 
 def test_evaluate_headline_is_one_line_with_the_saved_nll_and_its_protocol(run, capsys):
-    assert main(["evaluate", str(run), "--nll-samples", "6", "--test-subset", "12", "--no-quality", "--quiet", "--headline"]) == 0
+    assert (
+        main(
+            ["evaluate", str(run), "--nll-samples", "6", "--test-subset", "12", "--no-quality", "--quiet", "--headline"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip()
     saved = json.loads((run / "evaluation.json").read_text())
     nll = saved["test"]["nll"]
-    assert "\n" not in out and out.startswith(f"test NLL {nll['mean']:.2f} ± {nll['stderr']:.2f} nats on 12 test images")
+    assert "\n" not in out and out.startswith(
+        f"test NLL {nll['mean']:.2f} ± {nll['stderr']:.2f} nats on 12 test images"
+    )
     assert "S=6 importance samples" in out and "first 12 of" in out
     assert "papers" not in out  # generated npz data: no published number to stand beside
 
@@ -134,8 +196,29 @@ def test_a_density_gets_no_bits_per_dim_in_the_json_the_printout_or_the_report(t
     images, labels = blob_images(100)
     np.savez(tmp_path / "blobs.npz", images=images[:, 0], labels=labels)
     run = tmp_path / "run"
-    assert main(["train", "--dataset", f"npz:{tmp_path / 'blobs.npz'}", "--likelihood", "gaussian", "--latent-size", "2",
-                 "--width", "32", "--epochs", "1", "--batch-size", "32", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"npz:{tmp_path / 'blobs.npz'}",
+                "--likelihood",
+                "gaussian",
+                "--latent-size",
+                "2",
+                "--width",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", str(run), "--nll-samples", "4", "--test-subset", "10", "--no-quality", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -17,8 +17,16 @@ from vaekit.cli import main
 from vaekit.compare import paired_difference
 from vaekit.per_image import PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
 
-SETTINGS = {"dataset": "blobs", "dataset_checksum": "c0ffee" * 8, "binarized": True, "binarize_seed": 20190101,
-            "likelihood": "bernoulli", "nll_samples": 100, "checkpoint": "best", "sampling_seed": 0}
+SETTINGS = {
+    "dataset": "blobs",
+    "dataset_checksum": "c0ffee" * 8,
+    "binarized": True,
+    "binarize_seed": 20190101,
+    "likelihood": "bernoulli",
+    "nll_samples": 100,
+    "checkpoint": "best",
+    "sampling_seed": 0,
+}
 
 
 def fake_run(root: Path, name: str, nll: np.ndarray | None, index: np.ndarray | None = None, **settings) -> Path:
@@ -27,9 +35,17 @@ def fake_run(root: Path, name: str, nll: np.ndarray | None, index: np.ndarray | 
     run.mkdir()
     n = len(nll) if nll is not None else 10
     index = np.arange(n) if index is None else index
-    values = PerImage(index=index.astype(np.int64), elbo=-(nll if nll is not None else np.full(n, 100.0)) - 3.0, nll=nll)
+    values = PerImage(
+        index=index.astype(np.int64), elbo=-(nll if nll is not None else np.full(n, 100.0)) - 3.0, nll=nll
+    )
     (run / PER_IMAGE_FILE).write_bytes(per_image_bytes(values))
-    full = {**SETTINGS, "test_images": n, "test_selection": f"first {n} of 100", "test_indices_sha256": indices_sha256(index), **settings}
+    full = {
+        **SETTINGS,
+        "test_images": n,
+        "test_selection": f"first {n} of 100",
+        "test_indices_sha256": indices_sha256(index),
+        **settings,
+    }
     evaluation = {"settings": full, "per_image": {"file": PER_IMAGE_FILE, "arrays_sha256": arrays_sha256(values)}}
     (run / "evaluation.json").write_text(json.dumps(evaluation))
     return run
@@ -76,7 +92,9 @@ def test_cli_prints_the_table_and_writes_json(nlls, tmp_path, capsys):
     assert main(["compare", str(run_a), str(run_b), "--json", str(out)]) == 0
     table = capsys.readouterr().out
     d = b - a
-    assert f"{d.mean():+.3f} ± {d.std(ddof=1) / 20:.3f}" in table and f"{a.mean():.2f} ± {a.std(ddof=1) / 20:.2f}" in table
+    assert (
+        f"{d.mean():+.3f} ± {d.std(ddof=1) / 20:.3f}" in table and f"{a.mean():.2f} ± {a.std(ddof=1) / 20:.2f}" in table
+    )
     assert "400 test images" in table and "S=100" in table
     saved = json.loads(out.read_text())
     assert saved["runs"][1]["minus_first"]["mean"] == pytest.approx(d.mean())
@@ -90,15 +108,40 @@ def _refused(argv, capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("other, needles", [
-    (dict(nll=np.full(12, 230.0)), ["different test images: 10 against 12 images", "(first 10 of 100 against first 12 of 100)", "--test-subset"]),
-    (dict(nll=np.full(10, 230.0), index=np.arange(10) + 5), ["different test images: the same count, 10, but not the same images"]),
-    (dict(nll=np.full(10, 230.0), nll_samples=5000), ["different protocols: importance samples S 100 against 5000"]),
-    (dict(nll=np.full(10, 230.0), binarize_seed=1, nll_samples=10), ["binarisation seed 20190101 against 1, importance samples S 100 against 10"]),
-    (dict(nll=np.full(10, 230.0), dataset="other", dataset_checksum="ab" * 32), ["dataset blobs (checksum c0ffeec0ffee) against other (checksum abababababab)"]),
-    (dict(nll=np.full(10, 230.0), binarized=False, binarize_seed=None, likelihood="logistic"), ["binarised True against False", "likelihood bernoulli against logistic"]),
-    (dict(nll=None), ["evaluated without the NLL", "run `vaekit evaluate"]),
-])
+@pytest.mark.parametrize(
+    "other, needles",
+    [
+        (
+            dict(nll=np.full(12, 230.0)),
+            [
+                "different test images: 10 against 12 images",
+                "(first 10 of 100 against first 12 of 100)",
+                "--test-subset",
+            ],
+        ),
+        (
+            dict(nll=np.full(10, 230.0), index=np.arange(10) + 5),
+            ["different test images: the same count, 10, but not the same images"],
+        ),
+        (
+            dict(nll=np.full(10, 230.0), nll_samples=5000),
+            ["different protocols: importance samples S 100 against 5000"],
+        ),
+        (
+            dict(nll=np.full(10, 230.0), binarize_seed=1, nll_samples=10),
+            ["binarisation seed 20190101 against 1, importance samples S 100 against 10"],
+        ),
+        (
+            dict(nll=np.full(10, 230.0), dataset="other", dataset_checksum="ab" * 32),
+            ["dataset blobs (checksum c0ffeec0ffee) against other (checksum abababababab)"],
+        ),
+        (
+            dict(nll=np.full(10, 230.0), binarized=False, binarize_seed=None, likelihood="logistic"),
+            ["binarised True against False", "likelihood bernoulli against logistic"],
+        ),
+        (dict(nll=None), ["evaluated without the NLL", "run `vaekit evaluate"]),
+    ],
+)
 def test_refuses_runs_that_cannot_be_paired_naming_what_differs(tmp_path, capsys, other, needles):
     first = fake_run(tmp_path, "a", np.full(10, 229.0))
     second = fake_run(tmp_path, "b", **other)
@@ -110,14 +153,20 @@ def test_refuses_runs_without_per_image_results_telling_the_user_to_evaluate(tmp
     first = fake_run(tmp_path, "a", np.full(10, 229.0))
     missing = fake_run(tmp_path, "b", np.full(10, 229.0))
     (missing / PER_IMAGE_FILE).unlink()
-    assert f"{missing} has no per-image evaluation ({PER_IMAGE_FILE}); run `vaekit evaluate {missing}`" in _refused(["compare", str(first), str(missing)], capsys)
+    assert f"{missing} has no per-image evaluation ({PER_IMAGE_FILE}); run `vaekit evaluate {missing}`" in _refused(
+        ["compare", str(first), str(missing)], capsys
+    )
     old = tmp_path / "old"
     old.mkdir()
     (old / "evaluation.json").write_text(json.dumps({"settings": SETTINGS, "test": {}}))  # before per-image results
-    assert f"has no per-image results (written by an older vaekit); run `vaekit evaluate {old}` again" in _refused(["compare", str(first), str(old)], capsys)
+    assert f"has no per-image results (written by an older vaekit); run `vaekit evaluate {old}` again" in _refused(
+        ["compare", str(first), str(old)], capsys
+    )
     never = tmp_path / "never"
     never.mkdir()
-    assert f"{never} has not been evaluated (no evaluation.json); run `vaekit evaluate {never}`" in _refused(["compare", str(never), str(first)], capsys)
+    assert f"{never} has not been evaluated (no evaluation.json); run `vaekit evaluate {never}`" in _refused(
+        ["compare", str(never), str(first)], capsys
+    )
     assert "does not exist" in _refused(["compare", str(first), str(tmp_path / "nowhere")], capsys)
     assert "compare needs at least two runs, got 1" in _refused(["compare", str(first)], capsys)
 
@@ -135,17 +184,25 @@ def test_refuses_a_per_image_file_that_is_not_the_one_evaluation_json_names(tmp_
 def test_a_pickled_array_is_refused_not_loaded(tmp_path, capsys):
     first = fake_run(tmp_path, "a", np.full(10, 229.0))
     other = fake_run(tmp_path, "b", np.full(10, 229.0))
-    np.savez(other / PER_IMAGE_FILE, index=np.arange(10), elbo=np.full(10, -1.0), nll=np.array([object()] * 10, dtype=object))
+    np.savez(
+        other / PER_IMAGE_FILE, index=np.arange(10), elbo=np.full(10, -1.0), nll=np.array([object()] * 10, dtype=object)
+    )
     assert "is not a readable npz file" in _refused(["compare", str(first), str(other)], capsys)
 
 
 def test_no_traceback_reaches_the_terminal(tmp_path):
     run = fake_run(tmp_path, "a", np.full(10, 229.0))
-    proc = subprocess.run([sys.executable, "-m", "vaekit", "compare", str(run), str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaekit", "compare", str(run), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
 
 
 # --------------------------------------------------------------------------- end to end
+
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> list[Path]:
@@ -156,14 +213,35 @@ def two_runs(tmp_path_factory) -> list[Path]:
     runs = []
     for name, latent in (("small", "2"), ("larger", "4")):
         out = root / name
-        assert main(["train", "--dataset", f"npz:{data}", "--latent-size", latent, "--width", "32", "--epochs", "1",
-                     "--batch-size", "16", "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--dataset",
+                    f"npz:{data}",
+                    "--latent-size",
+                    latent,
+                    "--width",
+                    "32",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "16",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         runs.append(out)
     return runs
 
 
 def _evaluate(run: Path, *extra: str) -> None:
-    assert main(["evaluate", str(run), "--nll-samples", "8", "--batch-size", "6", "--no-quality", "--quiet", *extra]) == 0
+    assert (
+        main(["evaluate", str(run), "--nll-samples", "8", "--batch-size", "6", "--no-quality", "--quiet", *extra]) == 0
+    )
 
 
 def test_compare_two_evaluated_runs_end_to_end(two_runs, tmp_path, capsys):
@@ -172,7 +250,9 @@ def test_compare_two_evaluated_runs_end_to_end(two_runs, tmp_path, capsys):
     out = tmp_path / "cmp.json"
     assert main(["compare", *map(str, two_runs), "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert all(str(r) in table for r in two_runs) and "16 test images of npz:" in table and "(all 16; binarised" in table
+    assert (
+        all(str(r) in table for r in two_runs) and "16 test images of npz:" in table and "(all 16; binarised" in table
+    )
     result = json.loads(out.read_text())
     nll = [np.load(r / PER_IMAGE_FILE, allow_pickle=False)["nll"] for r in two_runs]
     evaluations = [json.loads((r / "evaluation.json").read_text()) for r in two_runs]

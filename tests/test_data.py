@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaekit.data import DATASET_NAMES, DatasetSplits, ImageSet, load_dataset, read_idx
-from vaekit.data import sources
+from vaekit.data import DATASET_NAMES, DatasetSplits, ImageSet, load_dataset, read_idx, sources
 from vaekit.errors import VaekitError
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -44,8 +43,9 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
-def make_fake_idx_set(root: Path, n_train: int = 5100, n_test: int = 50, gz: bool = True,
-                      seed: int = 1) -> dict[str, np.ndarray]:
+def make_fake_idx_set(
+    root: Path, n_train: int = 5100, n_test: int = 50, gz: bool = True, seed: int = 1
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
@@ -60,6 +60,7 @@ def make_fake_idx_set(root: Path, n_train: int = 5100, n_test: int = 50, gz: boo
 
 
 # --------------------------------------------------------------------------- IDX reader
+
 
 @pytest.mark.parametrize("gz", [True, False])
 @pytest.mark.parametrize("shape", [(7,), (3, 5, 4), (2, 3, 4, 5)])
@@ -149,6 +150,7 @@ def test_idx_missing_file(tmp_path):
 
 # --------------------------------------------------------------------------- IDX datasets
 
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_load_fake_fashion_mnist(tmp_path, gz):
     arrays = make_fake_idx_set(tmp_path / "d", gz=gz)
@@ -159,9 +161,11 @@ def test_load_fake_fashion_mnist(tmp_path, gz):
     assert ds.class_names[0] == "T-shirt/top" and len(ds.class_names) == 10
     assert len(ds.checksum) == 64 and ds.source == str(tmp_path / "d")
     tr = arrays["train-images-idx3-ubyte"]
-    for split, imgs, labs in ((ds.train, tr[:100], arrays["train-labels-idx1-ubyte"][:100]),
-                              (ds.val, tr[100:], arrays["train-labels-idx1-ubyte"][100:]),
-                              (ds.test, arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"])):
+    for split, imgs, labs in (
+        (ds.train, tr[:100], arrays["train-labels-idx1-ubyte"][:100]),
+        (ds.val, tr[100:], arrays["train-labels-idx1-ubyte"][100:]),
+        (ds.test, arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]),
+    ):
         x = split.images
         assert x.dtype == torch.uint8 and x.is_contiguous() and x.shape == (len(imgs), 1, 32, 32)
         assert split.labels.dtype == torch.int64
@@ -246,8 +250,10 @@ def test_unknown_dataset():
     assert all(n in msg for n in DATASET_NAMES)
 
 
-@pytest.mark.skipif(not (REAL_FMNIST / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (REAL_FMNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist():
     ds = load_dataset("fashion-mnist", download=False)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (55000, 5000, 10000)
@@ -258,6 +264,7 @@ def test_real_fashion_mnist():
 
 
 # --------------------------------------------------------------------------- folder / npz / digits
+
 
 def test_folder_dataset(tmp_path, capsys):
     from PIL import Image

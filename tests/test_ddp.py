@@ -37,10 +37,33 @@ def ddp_run(tmp_path_factory):
     out, hashes = tmp / "run", tmp / "weights"
     env = {**os.environ, "OMP_NUM_THREADS": "1", WEIGHT_HASH_ENV: str(hashes)}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vaekit", "train",
-         "--dataset", f"npz:{tmp / 'blobs.npz'}", "--latent-size", "4", "--batch-size", "32", "--epochs", "1",
-         "--checkpoint-every", "2", "--quiet", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "vaekit",
+            "train",
+            "--dataset",
+            f"npz:{tmp / 'blobs.npz'}",
+            "--latent-size",
+            "4",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, hashes, proc
@@ -104,8 +127,14 @@ def test_evaluation_counts_every_image_exactly_once(n, world, monkeypatch):
 
 
 # (name, components K, importance samples S, mixture estimator)
-OBJECTIVES = [("elbo", 1, 1, "marginal"), ("iwae", 1, 3, "marginal"), ("siwae", 2, 3, "marginal"),
-              ("siwae-1", 2, 1, "stratified"), ("pathwise", 3, 1, "pathwise"), ("pathwise-iwae", 3, 2, "pathwise")]
+OBJECTIVES = [
+    ("elbo", 1, 1, "marginal"),
+    ("iwae", 1, 3, "marginal"),
+    ("siwae", 2, 3, "marginal"),
+    ("siwae-1", 2, 1, "stratified"),
+    ("pathwise", 3, 1, "pathwise"),
+    ("pathwise-iwae", 3, 2, "pathwise"),
+]
 
 
 def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None:
@@ -123,8 +152,12 @@ def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None
         net = data_parallel(model, torch.device("cpu"))  # held: backward needs the DDP object alive
         wrapped = net(x, iw_samples=samples, estimator=estimator)
         training_loss(wrapped).backward()  # the gradient all-reduce runs, as in training
-        rows[name] = {"alone": training_loss(alone).item(), "ddp": training_loss(wrapped).item(),
-                      "flags": (alone.importance_weighted, alone.latent_size) == (wrapped.importance_weighted, wrapped.latent_size)}
+        rows[name] = {
+            "alone": training_loss(alone).item(),
+            "ddp": training_loss(wrapped).item(),
+            "flags": (alone.importance_weighted, alone.latent_size)
+            == (wrapped.importance_weighted, wrapped.latent_size),
+        }
     Path(f"{out}.rank{rank}").write_text(json.dumps(rows))
     dist.destroy_process_group()
 
@@ -136,7 +169,9 @@ def test_the_ddp_wrapper_trains_the_same_loss_as_one_process(tmp_path):
         for name, *_ in OBJECTIVES:
             assert rows[name]["ddp"] == pytest.approx(rows[name]["alone"], rel=1e-6), (rank, name)
             assert rows[name]["flags"], (rank, name)
-        assert rows["iwae"]["alone"] != pytest.approx(rows["elbo"]["alone"], rel=1e-3)  # the bounds differ: a real check
+        assert rows["iwae"]["alone"] != pytest.approx(
+            rows["elbo"]["alone"], rel=1e-3
+        )  # the bounds differ: a real check
 
 
 def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
@@ -144,10 +179,35 @@ def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
     np.savez(tmp_path / "blobs.npz", images=images[:, 0], labels=labels)
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vaekit", "train",
-         "--dataset", f"npz:{tmp_path / 'blobs.npz'}", "--latent-size", "4", "--width", "32", "--batch-size", "32",
-         "--epochs", "1", "--iw-samples", "3", "--quiet", "--out", str(out)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "vaekit",
+            "train",
+            "--dataset",
+            f"npz:{tmp_path / 'blobs.npz'}",
+            "--latent-size",
+            "4",
+            "--width",
+            "32",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--iw-samples",
+            "3",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "metrics.csv", newline="") as f:

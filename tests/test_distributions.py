@@ -82,8 +82,8 @@ def test_analytic_kl_matches_monte_carlo():
 
 
 def test_gradients_reach_mixture_logits_through_the_elbo():
-    from vaekit.model import VAE
     from vaekit.config import ModelConfig
+    from vaekit.model import VAE
     from vaekit.objectives import elbo_terms
 
     torch.manual_seed(0)

@@ -12,11 +12,31 @@ from PIL import Image
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not FASHION.is_dir() and not os.environ.get("VAEKIT_DATA"), reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not FASHION.is_dir() and not os.environ.get("VAEKIT_DATA"),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist",
+)
 def test_train_on_real_fashion_mnist_then_sample(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vaekit", "train", "--train-subset", "384", "--epochs", "2", "--components", "2",
-           "--latent-size", "8", "--batch-size", "64", "--out", str(run), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vaekit",
+        "train",
+        "--train-subset",
+        "384",
+        "--epochs",
+        "2",
+        "--components",
+        "2",
+        "--latent-size",
+        "8",
+        "--batch-size",
+        "64",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -27,6 +47,11 @@ def test_train_on_real_fashion_mnist_then_sample(tmp_path):
     assert -540 < val[-1] < 0
     assert float(rows[-1]["val_kl"]) > 0
     sample = tmp_path / "s.png"
-    proc = subprocess.run([sys.executable, "-m", "vaekit", "sample", str(run), "-n", "9", "--out", str(sample)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaekit", "sample", str(run), "-n", "9", "--out", str(sample)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(sample).size[0] >= 3 * 28

@@ -16,9 +16,9 @@ from vaekit.checkpoint import resolve_pointer
 from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
+from vaekit.fast_modules import twin
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms
-from vaekit.fast_modules import twin
 from vaekit.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
 from vaekit.speed import AutocastNetwork, autocast_networks
 from vaekit.training import train
@@ -121,15 +121,21 @@ def test_evaluate_model_reports_means_errors_bits_and_usage(tiny_model, tiny_run
     weights = result["components"]["mean_weights"]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1.0)
     assert 0 <= result["components"]["entropy_of_mean_weights"] <= math.log(2) + 1e-9
-    assert result["components"]["effective_components"] == pytest.approx(math.exp(result["components"]["entropy_of_mean_weights"]))
-    assert 0 <= result["components"]["mean_image_entropy"] <= result["components"]["entropy_of_mean_weights"] + 1e-9  # concavity
+    assert result["components"]["effective_components"] == pytest.approx(
+        math.exp(result["components"]["entropy_of_mean_weights"])
+    )
+    assert (
+        0 <= result["components"]["mean_image_entropy"] <= result["components"]["entropy_of_mean_weights"] + 1e-9
+    )  # concavity
     assert result["nll_is_likelihood"]
 
 
 def test_evaluate_run_writes_a_reproducible_record(tiny_run, tmp_path):
     run, data = tiny_run
     extra = tmp_path / "copy.json"
-    first = evaluate_run(run, samples=10, test_subset=12, batch_size=5, json_path=extra, data=data, quality=False, progress=False)
+    first = evaluate_run(
+        run, samples=10, test_subset=12, batch_size=5, json_path=extra, data=data, quality=False, progress=False
+    )
     saved = json.loads((run / "evaluation.json").read_text())
     assert json.loads(extra.read_text()) == saved
     second = evaluate_run(run, samples=10, test_subset=12, batch_size=5, data=data, quality=False, progress=False)
@@ -143,7 +149,9 @@ def test_evaluate_run_writes_a_reproducible_record(tiny_run, tmp_path):
 
 def test_evaluate_run_saves_per_image_numbers_and_the_protocol(tiny_run):
     run, data = tiny_run
-    result = evaluate_run(run, samples=8, test_subset=12, batch_size=5, data=data, quality=False, progress=False, seed=3)
+    result = evaluate_run(
+        run, samples=8, test_subset=12, batch_size=5, data=data, quality=False, progress=False, seed=3
+    )
     with np.load(run / PER_IMAGE_FILE, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     assert set(arrays) == {"index", "nll", "elbo"} and arrays["index"].tolist() == list(range(12))
@@ -178,7 +186,9 @@ def test_evaluate_run_reads_the_checkpoint_asked_for(tiny_run, tmp_path):
     best_step, state["step"] = state["step"], 999_999
     (later / "state.json").write_text(json.dumps(state))
     weights = load_file(str(later / "model.safetensors"))
-    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in weights.items()}, str(later / "model.safetensors"))
+    save_file(
+        {k: v * 0.5 if v.is_floating_point() else v for k, v in weights.items()}, str(later / "model.safetensors")
+    )
     (root / "latest").write_text(later.name)
     settings = dict(samples=8, test_subset=10, batch_size=5, data=data, quality=False, progress=False)
     as_best = evaluate_run(copy, **settings)
@@ -221,7 +231,9 @@ def test_the_fixed_binarisation_does_not_depend_on_the_device():
 def _record_autocast(monkeypatch) -> list[bool]:
     """The `enabled` of every autocast a network enters: what the networks would run in on a GPU."""
     seen, real = [], vaekit.speed.network_autocast
-    monkeypatch.setattr(vaekit.speed, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1])
+    monkeypatch.setattr(
+        vaekit.speed, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1]
+    )
     return seen
 
 
@@ -272,14 +284,22 @@ def test_evaluation_runs_the_networks_in_fp32_and_restores_autocast(fast, tiny_m
     assert got == fp32
 
 
-@pytest.mark.parametrize("likelihood, binarize, has_bits", [
-    ("bernoulli", True, True), ("logistic", False, True),
-    ("gaussian", False, False), ("continuous-bernoulli", False, False), ("bernoulli", False, False),
-])
+@pytest.mark.parametrize(
+    "likelihood, binarize, has_bits",
+    [
+        ("bernoulli", True, True),
+        ("logistic", False, True),
+        ("gaussian", False, False),
+        ("continuous-bernoulli", False, False),
+        ("bernoulli", False, False),
+    ],
+)
 def test_bits_per_dim_only_for_the_probability_of_discrete_data(likelihood, binarize, has_bits):
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_size=2, width=32, likelihood=likelihood, image_size=28)).eval()
-    result = evaluate_model(model, make_tiny_splits(60).test.images[:6], binarize=binarize, samples=3, batch_size=6, progress=False)
+    result = evaluate_model(
+        model, make_tiny_splits(60).test.images[:6], binarize=binarize, samples=3, batch_size=6, progress=False
+    )
     bits = result["test"]["bits_per_dim"]
     if has_bits:
         assert bits["mean"] == pytest.approx(result["test"]["nll"]["mean"] / (28 * 28 * math.log(2)))

@@ -60,8 +60,22 @@ def test_no_flags_give_the_dataclass_defaults():
 
 
 def test_existing_flag_names_and_special_cases_keep_their_meaning():
-    config = parse("--grey", "--no-channels-last", "--detect-anomaly", "--tensorboard", "--image-size", "64",
-                   "--epochs", "3", "--max-minutes", "2.5", "--device", "cpu", "--val-size", "100")
+    config = parse(
+        "--grey",
+        "--no-channels-last",
+        "--detect-anomaly",
+        "--tensorboard",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--max-minutes",
+        "2.5",
+        "--device",
+        "cpu",
+        "--val-size",
+        "100",
+    )
     assert config.data.binarize is False and config.train.channels_last is False
     assert config.train.detect_anomaly and config.train.tensorboard
     assert (config.model.image_size, config.train.epochs, config.train.max_minutes) == (64, 3, 2.5)
@@ -75,19 +89,49 @@ def test_only_the_flags_given_are_settings_given():
     assert args.resume == "runs/x" and args.quiet
 
 
-@pytest.mark.parametrize("changes", [
-    {"model": dict(latent_size=5, width=64, components=3, mixture_weights="equal", image_size=64, prior="vamp",
-                   prior_components=4, likelihood="logistic", logistic_mixtures=2, gaussian_variance="global"),
-     "data": dict(dataset="digits", data_dir="/data", train_subset=100, val_size=50, binarize=False),
-     "train": dict(epochs=3, batch_size=16, lr=0.01, lr_schedule="cosine", seed=7, device="cpu", iw_samples=2,
-                   mixture_estimator="stratified", checkpoint_every=5, grad_clip=1.5, detect_anomaly=True,
-                   channels_last=False, tensorboard=True, max_minutes=2.5)},
-    {"train": dict(beta=0.5, kl_warmup=2, free_bits=0.25, mixture_estimator="pathwise")},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {
+            "model": dict(
+                latent_size=5,
+                width=64,
+                components=3,
+                mixture_weights="equal",
+                image_size=64,
+                prior="vamp",
+                prior_components=4,
+                likelihood="logistic",
+                logistic_mixtures=2,
+                gaussian_variance="global",
+            ),
+            "data": dict(dataset="digits", data_dir="/data", train_subset=100, val_size=50, binarize=False),
+            "train": dict(
+                epochs=3,
+                batch_size=16,
+                lr=0.01,
+                lr_schedule="cosine",
+                seed=7,
+                device="cpu",
+                iw_samples=2,
+                mixture_estimator="stratified",
+                checkpoint_every=5,
+                grad_clip=1.5,
+                detect_anomaly=True,
+                channels_last=False,
+                tensorboard=True,
+                max_minutes=2.5,
+            ),
+        },
+        {"train": dict(beta=0.5, kl_warmup=2, free_bits=0.25, mixture_estimator="pathwise")},
+    ],
+)
 def test_a_config_round_trips_through_its_flags(changes):
     defaults = RunConfig()
-    config = dataclasses.replace(defaults, **{section: dataclasses.replace(getattr(defaults, section), **values)
-                                              for section, values in changes.items()})
+    config = dataclasses.replace(
+        defaults,
+        **{section: dataclasses.replace(getattr(defaults, section), **values) for section, values in changes.items()},
+    )
     assert parse(*argv_for(config)) == config
 
 

@@ -1,6 +1,5 @@
 """Linear and spherical paths between latent codes, and the strips a run gets."""
 
-import pytest
 import torch
 from PIL import Image
 

@@ -28,8 +28,12 @@ def _pixels(values, dtype=torch.float64) -> torch.Tensor:
 
 
 def test_heads_declare_their_data_and_parameter_channels():
-    expected = {"bernoulli": ("binary", True, 3), "continuous-bernoulli": ("grey", False, 3),
-                "gaussian": ("grey", False, 3), "logistic": ("grey", True, 3 * 3 * 2)}
+    expected = {
+        "bernoulli": ("binary", True, 3),
+        "continuous-bernoulli": ("grey", False, 3),
+        "gaussian": ("grey", False, 3),
+        "logistic": ("grey", True, 3 * 3 * 2),
+    }
     for kind, (data_kind, discrete, channels) in expected.items():
         spec = registry.likelihood(kind)
         head = make_likelihood(ModelConfig(likelihood=kind, channels=3, image_size=28, logistic_mixtures=2))
@@ -75,23 +79,27 @@ def test_bernoulli_matches_torch():
 
 
 def test_continuous_bernoulli_matches_torch_including_near_one_half():
-    logits = torch.tensor([-30.0, -5.0, -0.3, -0.1, -0.0999, -1e-3, 0.0, 1e-6, 0.05, 0.1, 0.1001, 2.0, 25.0], dtype=torch.float64)
+    logits = torch.tensor(
+        [-30.0, -5.0, -0.3, -0.1, -0.0999, -1e-3, 0.0, 1e-6, 0.05, 0.1, 0.1001, 2.0, 25.0], dtype=torch.float64
+    )
     x = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
-    l, xx = torch.meshgrid(logits, x, indexing="ij")
-    ours = ContinuousBernoulliHead(1)(l.reshape(-1, 1, 1, 1)).log_prob(xx.reshape(-1, 1, 1, 1))
-    theirs = D.ContinuousBernoulli(logits=l.reshape(-1)).log_prob(xx.reshape(-1))
+    grid, xx = torch.meshgrid(logits, x, indexing="ij")
+    ours = ContinuousBernoulliHead(1)(grid.reshape(-1, 1, 1, 1)).log_prob(xx.reshape(-1, 1, 1, 1))
+    theirs = D.ContinuousBernoulli(logits=grid.reshape(-1)).log_prob(xx.reshape(-1))
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(continuous_bernoulli_mean(logits), D.ContinuousBernoulli(logits=logits).mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        continuous_bernoulli_mean(logits), D.ContinuousBernoulli(logits=logits).mean, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_continuous_bernoulli_normaliser_is_smooth_and_finite_at_one_half():
     # float32 as in training: both sides of the Taylor switch agree, and the gradient at 0 is 0.
-    l = torch.tensor([-0.1001, -0.0999, 0.0, 0.0999, 0.1001], requires_grad=True)
-    log_c = continuous_bernoulli_log_norm(l)
+    logits = torch.tensor([-0.1001, -0.0999, 0.0, 0.0999, 0.1001], requires_grad=True)
+    log_c = continuous_bernoulli_log_norm(logits)
     assert abs(log_c[0] - log_c[1]) < 1e-5 and abs(log_c[3] - log_c[4]) < 1e-5
     assert abs(log_c[2] - math.log(2)) < 1e-7
     log_c.sum().backward()
-    assert torch.isfinite(l.grad).all() and l.grad[2] == 0
+    assert torch.isfinite(logits.grad).all() and logits.grad[2] == 0
 
 
 @pytest.mark.parametrize("logit", [-12.0, -1.0, 0.0, 0.03, 3.0])
@@ -128,7 +136,9 @@ def test_gaussian_variance_has_a_floor_and_learns():
         head.logvar.fill_(-50.0)
     assert head(torch.zeros(1, 1, 2, 2)).logvar.item() == pytest.approx(GAUSSIAN_LOGVAR_MIN)
     head = GaussianHead(1, 2, "pixel")
-    assert head(torch.zeros(1, 1, 2, 2)).logvar.flatten()[0].item() == pytest.approx(2 * math.log(0.1))  # the start: 0.1^2
+    assert head(torch.zeros(1, 1, 2, 2)).logvar.flatten()[0].item() == pytest.approx(
+        2 * math.log(0.1)
+    )  # the start: 0.1^2
     head(torch.zeros(1, 1, 2, 2)).log_prob(torch.full((1, 1, 2, 2), 0.9)).sum().backward()
     assert head.logvar.grad is not None and head.logvar.grad.abs().sum() > 0
 
@@ -161,8 +171,14 @@ def _naive_discretised_logistic(x, logits, loc, log_scale) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "logits, loc, log_scale",
-    [([0.0], [0.5], [-3.0]), ([0.0], [-0.2], [-5.0]), ([0.0], [1.3], [-1.0]), ([0.0], [0.3], [-7.0]),
-     ([0.0], [0.7], [3.0]), ([1.0, -0.5, 0.2], [0.1, 0.5, 0.97], [-4.0, -2.0, -6.0])],
+    [
+        ([0.0], [0.5], [-3.0]),
+        ([0.0], [-0.2], [-5.0]),
+        ([0.0], [1.3], [-1.0]),
+        ([0.0], [0.3], [-7.0]),
+        ([0.0], [0.7], [3.0]),
+        ([1.0, -0.5, 0.2], [0.1, 0.5, 0.97], [-4.0, -2.0, -6.0]),
+    ],
 )
 def test_discretised_logistic_sums_to_one_and_matches_the_definition(logits, loc, log_scale):
     dist = _logistic_pixel(logits, loc, log_scale)
@@ -172,7 +188,11 @@ def test_discretised_logistic_sums_to_one_and_matches_the_definition(logits, loc
     keep = naive > 1e-8  # where the naive difference of two CDFs near 1 has not cancelled away
     torch.testing.assert_close(log_p[keep], naive.log()[keep], rtol=1e-6, atol=1e-6)
     # float32, as in training: still normalised, and finite at every level.
-    log_p32 = _logistic_pixel(logits, loc, log_scale, torch.float32).level_log_prob(_pixels(LEVELS, torch.float32)).reshape(-1)
+    log_p32 = (
+        _logistic_pixel(logits, loc, log_scale, torch.float32)
+        .level_log_prob(_pixels(LEVELS, torch.float32))
+        .reshape(-1)
+    )
     assert torch.isfinite(log_p32).all() and abs(torch.logsumexp(log_p32.double(), 0).exp().item() - 1) < 1e-4
 
 

@@ -154,11 +154,14 @@ def test_the_readme_example_fits_a_two_component_mixture() -> None:
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     start = readme.index("```python\nimport torch\nfrom vaekit.distributions import MixtureOfGaussians")
-    code = readme[start + len("```python\n"):readme.index("```", start + 10)]
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
     torch.manual_seed(0)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
-    q, target = scope["MixtureOfGaussians"](scope["params"][0], scope["params"][1].exp(), scope["params"][2]), scope["target"]
+    q, target = (
+        scope["MixtureOfGaussians"](scope["params"][0], scope["params"][1].exp(), scope["params"][2]),
+        scope["target"],
+    )
     z = q.sample((20_000,))
     kl = (q.log_prob(z) - target.log_prob(z)).mean()
     assert kl < 0.05, f"KL(q || target) is still {kl:.3f} nats"

@@ -65,8 +65,10 @@ def _decoded_batch_sizes(model: VAE) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize("estimator, iw_samples, decoded", [("marginal", 1, 5 * 8), ("pathwise", 1, 8), ("pathwise", 3, 3 * 8),
-                                                            ("stratified", 1, 5 * 8)])
+@pytest.mark.parametrize(
+    "estimator, iw_samples, decoded",
+    [("marginal", 1, 5 * 8), ("pathwise", 1, 8), ("pathwise", 3, 3 * 8), ("stratified", 1, 5 * 8)],
+)
 def test_pathwise_decodes_one_latent_per_image_and_sample(estimator: str, iw_samples: int, decoded: int) -> None:
     model = VAE(tiny_config(model__components=5).model)
     sizes = _decoded_batch_sizes(model)

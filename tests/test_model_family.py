@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import vaekit.training as train_module
-from vaekit import registry
 from conftest import make_tiny_splits, tiny_config
+from vaekit import registry
 from vaekit.cli import build_parser
 from vaekit.flags import config_from_args
-from vaekit.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vaekit.runs import load_run
 from vaekit.training import train
+
 
 @pytest.fixture(autouse=True)
 def no_pictures(monkeypatch):
@@ -30,8 +30,15 @@ def splits():
 @pytest.mark.parametrize("prior", list(registry.priors()))
 def test_each_prior_and_likelihood_trains_one_step_reloads_and_samples(prior, likelihood, splits, tmp_path):
     components = 2 if prior == "vamp" else 1  # K>1 once per likelihood, through the vamp prior's M*K mixture
-    config = tiny_config(model__prior=prior, model__likelihood=likelihood, model__prior_components=3, model__components=components,
-                         model__logistic_mixtures=2, data__train_subset=8, train__batch_size=8)
+    config = tiny_config(
+        model__prior=prior,
+        model__likelihood=likelihood,
+        model__prior_components=3,
+        model__components=components,
+        model__logistic_mixtures=2,
+        data__train_subset=8,
+        train__batch_size=8,
+    )
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["prior"] == prior and saved["model"]["likelihood"] == likelihood
@@ -44,16 +51,28 @@ def test_each_prior_and_likelihood_trains_one_step_reloads_and_samples(prior, li
 
 
 def test_importance_weighted_training_with_a_mixture_posterior(splits, tmp_path):
-    config = tiny_config(model__prior="mog", model__prior_components=3, model__components=2, train__iw_samples=3,
-                         data__train_subset=8, train__batch_size=8)
+    config = tiny_config(
+        model__prior="mog",
+        model__prior_components=3,
+        model__components=2,
+        train__iw_samples=3,
+        data__train_subset=8,
+        train__batch_size=8,
+    )
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
     assert load_run(out).config.train.iw_samples == 3
 
 
 def test_64_pixel_rgb_images_train_one_step(tmp_path):
     data = make_tiny_splits(n=30, size=64, channels=3)
-    config = tiny_config(model__prior="vamp", model__prior_components=2, model__likelihood="logistic", model__image_size=64,
-                         data__train_subset=4, train__batch_size=4)
+    config = tiny_config(
+        model__prior="vamp",
+        model__prior_components=2,
+        model__likelihood="logistic",
+        model__image_size=64,
+        data__train_subset=4,
+        train__batch_size=4,
+    )
     out = train(config, out=tmp_path / "run", data=data, progress=False)
     run = load_run(out)
     assert run.model.prior_net.pseudo_inputs().shape == (2, 3, 64, 64)
@@ -70,12 +89,36 @@ def test_time_budget_stops_at_a_step_and_resumes_where_it_stopped(splits, tmp_pa
 
 
 def test_cli_flags_reach_the_model_config():
-    args = build_parser().parse_args(["train", "--likelihood", "logistic", "--logistic-mixtures", "3", "--prior", "vamp",
-                                      "--prior-components", "7", "--gaussian-variance", "global", "--iw-samples", "4",
-                                      "--max-minutes", "2.5", "--lr-schedule", "cosine"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--likelihood",
+            "logistic",
+            "--logistic-mixtures",
+            "3",
+            "--prior",
+            "vamp",
+            "--prior-components",
+            "7",
+            "--gaussian-variance",
+            "global",
+            "--iw-samples",
+            "4",
+            "--max-minutes",
+            "2.5",
+            "--lr-schedule",
+            "cosine",
+        ]
+    )
     config = config_from_args(args)
     m = config.model
-    assert (m.likelihood, m.logistic_mixtures, m.prior, m.prior_components, m.gaussian_variance) == ("logistic", 3, "vamp", 7, "global")
+    assert (m.likelihood, m.logistic_mixtures, m.prior, m.prior_components, m.gaussian_variance) == (
+        "logistic",
+        3,
+        "vamp",
+        7,
+        "global",
+    )
     assert config.data.binarize is False and config.train.iw_samples == 4 and config.train.max_minutes == 2.5
     assert config.train.lr_schedule == "cosine"
     assert config.train.objective_name == "iwae(4)"
@@ -87,7 +130,7 @@ def test_cosine_learning_rate_follows_the_closed_form():
     t = TrainConfig(lr=0.02, lr_schedule="cosine")
     assert t.lr_at(0, 100) == pytest.approx(0.02)
     assert t.lr_at(50, 100) == pytest.approx(0.01)
-    assert t.lr_at(25, 100) == pytest.approx(0.01 * (1 + 2 ** -0.5))
+    assert t.lr_at(25, 100) == pytest.approx(0.01 * (1 + 2**-0.5))
     assert t.lr_at(100, 100) == pytest.approx(0.0, abs=1e-15) and t.lr_at(150, 100) == pytest.approx(0.0, abs=1e-15)
     assert TrainConfig(lr=0.02).lr_at(50, 100) == 0.02
 
@@ -111,19 +154,28 @@ def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
 
 
 def test_width_scales_every_block_and_survives_a_reload(splits, tmp_path):
-    config = config_from_args(build_parser().parse_args(["train", "--width", "64", "--latent-size", "4", "--dataset", "blobs"]))
+    config = config_from_args(
+        build_parser().parse_args(["train", "--width", "64", "--latent-size", "4", "--dataset", "blobs"])
+    )
     config.data.train_subset, config.train.batch_size, config.train.epochs = 8, 8, 1
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
     model = load_run(out).model
     encoder_widths = [block[0].out_channels for block in model.encoder.body]
     decoder_widths = [block[0].out_channels for block in model.decoder.body]
-    assert encoder_widths == [8, 16, 32, 64] and decoder_widths == [64, 32, 16, 8]  # the notebook's 32-64-128-256, quartered
+    assert encoder_widths == [8, 16, 32, 64] and decoder_widths == [
+        64,
+        32,
+        16,
+        8,
+    ]  # the notebook's 32-64-128-256, quartered
     assert model.encoder.loc_head.in_channels == 64 and model.decoder.head.in_channels == 8
     assert model.sample(2).shape == (2, 1, 28, 28)
 
 
 def test_a_run_saved_before_width_existed_loads_with_the_notebooks_widths(splits, tmp_path):
-    out = train(tiny_config(data__train_subset=8, train__batch_size=8), out=tmp_path / "run", data=splits, progress=False)
+    out = train(
+        tiny_config(data__train_subset=8, train__batch_size=8), out=tmp_path / "run", data=splits, progress=False
+    )
     saved = json.loads((out / "config.json").read_text())
     del saved["model"]["width"]
     (out / "config.json").write_text(json.dumps(saved))

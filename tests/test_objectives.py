@@ -40,8 +40,11 @@ def test_iwae_with_one_sample_is_the_monte_carlo_elbo_for_the_normal_prior():
     torch.manual_seed(3)
     q = model.encode(x)
     z = q.component_rsample()[:, 0]  # (B, D): the same noise
-    expected = (model.decode(z).log_prob(model.crop(x)) + D.Normal(0.0, 1.0).log_prob(z).sum(-1)
-                - D.Independent(D.Normal(q.loc[:, 0], q.scale[:, 0]), 1).log_prob(z))
+    expected = (
+        model.decode(z).log_prob(model.crop(x))
+        + D.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - D.Independent(D.Normal(q.loc[:, 0], q.scale[:, 0]), 1).log_prob(z)
+    )
     torch.testing.assert_close(iw.elbo, expected)
 
 
@@ -66,15 +69,21 @@ def test_stratified_bound_matches_a_brute_force_recomputation():
     q = model.encode(x)
     z = q.component_rsample((samples,))  # (S, B, K, D)
     prior = model.prior()
-    reference_prior = D.MixtureSameFamily(D.Categorical(logits=prior.logits), D.Independent(D.Normal(prior.loc, prior.scale), 1))
+    reference_prior = D.MixtureSameFamily(
+        D.Categorical(logits=prior.logits), D.Independent(D.Normal(prior.loc, prior.scale), 1)
+    )
     for b in range(2):
-        posterior = D.MixtureSameFamily(D.Categorical(logits=q.logits[b]), D.Independent(D.Normal(q.loc[b], q.scale[b]), 1))
+        posterior = D.MixtureSameFamily(
+            D.Categorical(logits=q.logits[b]), D.Independent(D.Normal(q.loc[b], q.scale[b]), 1)
+        )
         w = torch.softmax(q.logits[b], 0)
         total = torch.zeros((), dtype=torch.float64)
         for k in range(2):
             for s in range(samples):
                 zks = z[s, b, k]
-                log_joint = model.decode(zks[None]).log_prob(model.crop(x[b : b + 1]))[0] + reference_prior.log_prob(zks)
+                log_joint = model.decode(zks[None]).log_prob(model.crop(x[b : b + 1]))[0] + reference_prior.log_prob(
+                    zks
+                )
                 total = total + w[k] * torch.exp(log_joint - posterior.log_prob(zks)) / samples
         torch.testing.assert_close(got[b], torch.log(total))
 
@@ -87,7 +96,9 @@ def test_stratified_bound_gives_the_mixture_weights_a_gradient():
 
 
 def test_training_loss_for_the_importance_weighted_bound_is_minus_the_bound():
-    terms = Terms(torch.tensor([-5.0, -7.0]), torch.tensor([-4.0, -4.0]), torch.tensor([3.0, 4.0]), importance_weighted=True)
+    terms = Terms(
+        torch.tensor([-5.0, -7.0]), torch.tensor([-4.0, -4.0]), torch.tensor([3.0, 4.0]), importance_weighted=True
+    )
     assert training_loss(terms).item() == 6.0
     with pytest.raises(ValueError, match="ELBO only"):
         training_loss(terms, beta=0.5)
@@ -102,13 +113,17 @@ def test_free_bits_needs_the_per_dimension_kl():
 
 def test_free_bits_floors_each_dimension_of_the_batch_mean_kl():
     kl_per_dim = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # batch means 0.2 and 3.0
-    terms = Terms(torch.tensor([-16.1, -15.3]), torch.tensor([-10.0, -11.0]), kl_per_dim.sum(-1), kl_per_dim, latent_size=2)
+    terms = Terms(
+        torch.tensor([-16.1, -15.3]), torch.tensor([-10.0, -11.0]), kl_per_dim.sum(-1), kl_per_dim, latent_size=2
+    )
     assert training_loss(terms, free_bits=0.5).item() == pytest.approx(10.5 + 0.5 + 3.0)
 
 
 @pytest.mark.parametrize("model", [ModelConfig(components=2), ModelConfig(prior="mog"), ModelConfig(prior="vamp")])
 def test_config_refuses_free_bits_where_the_kl_has_no_per_dimension_form(model):
-    with pytest.raises(VaekitError, match=r"--free-bits is a per-dimension KL floor.*use --kl-warmup or --beta instead"):
+    with pytest.raises(
+        VaekitError, match=r"--free-bits is a per-dimension KL floor.*use --kl-warmup or --beta instead"
+    ):
         RunConfig(model, train=TrainConfig(free_bits=0.5)).validate()
     RunConfig(model, train=TrainConfig(free_bits=0.5)).validate(for_training=False)  # a finished run still loads
     RunConfig(ModelConfig(), train=TrainConfig(free_bits=0.5)).validate()

@@ -13,19 +13,18 @@ import torch
 from torch import nn
 
 import vaekit
+from conftest import make_tiny_splits, tiny_config
 from vaekit.config import RunConfig
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate_model, evaluate_run
-from vaekit.pictures import ensure_pictures
 from vaekit.likelihoods import make_likelihood
 from vaekit.model import VAE, decoder_channels
 from vaekit.networks import ConvDecoder, ConvEncoder
+from vaekit.pictures import ensure_pictures
 from vaekit.priors import make_prior
 from vaekit.report import write_report
 from vaekit.runs import load_run
 from vaekit.speed import inference_model
-
-from conftest import make_tiny_splits, tiny_config
 
 # Three channels and grey levels: a channels_last batch (binarising happens to return a
 # contiguous one) cannot be .view()ed, so the encoder below would fail on one.
@@ -42,7 +41,7 @@ class MLPEncoder(nn.Module):
     def forward(self, x: torch.Tensor):
         out = self.head(self.body(x.view(len(x), -1)))
         kd = self.k * self.d
-        return out[:, :kd].view(-1, self.k, self.d), out[:, kd:2 * kd].view(-1, self.k, self.d), out[:, 2 * kd:]
+        return out[:, :kd].view(-1, self.k, self.d), out[:, kd : 2 * kd].view(-1, self.k, self.d), out[:, 2 * kd :]
 
 
 class MLPDecoder(nn.Module):
@@ -57,7 +56,9 @@ class MLPDecoder(nn.Module):
 
 
 def own_config(**overrides) -> RunConfig:
-    return tiny_config(model__channels=CHANNELS, model__components=2, data__binarize=False, train__epochs=2, **overrides)
+    return tiny_config(
+        model__channels=CHANNELS, model__components=2, data__binarize=False, train__epochs=2, **overrides
+    )
 
 
 def own_model(config: RunConfig, seed: int = 0) -> VAE:
@@ -103,9 +104,14 @@ def test_default_networks_are_built_as_before() -> None:
     assert all(torch.equal(got[k], expected[k]) for k in got)
 
     torch.manual_seed(0)
-    explicit = VAE(config, encoder=ConvEncoder(config.channels, size, config.latent_size, config.components, config.width),
-                   decoder=ConvDecoder(likelihood.param_channels, size, config.latent_size, config.width))
-    assert explicit.config.custom_encoder == "ConvEncoder" and config.custom_encoder is None  # the caller's config is not edited
+    explicit = VAE(
+        config,
+        encoder=ConvEncoder(config.channels, size, config.latent_size, config.components, config.width),
+        decoder=ConvDecoder(likelihood.param_channels, size, config.latent_size, config.width),
+    )
+    assert (
+        explicit.config.custom_encoder == "ConvEncoder" and config.custom_encoder is None
+    )  # the caller's config is not edited
     assert all(torch.equal(v, explicit.state_dict()[k]) for k, v in got.items())
     x = torch.rand(5, config.channels, size, size)
     default.eval(), explicit.eval()
@@ -117,7 +123,10 @@ def test_default_networks_are_built_as_before() -> None:
 
 def test_old_configs_load_with_the_built_in_networks() -> None:
     data = tiny_config().to_dict()
-    del data["model"]["custom_encoder"], data["model"]["custom_decoder"]  # a config.json written before the fields existed
+    del (
+        data["model"]["custom_encoder"],
+        data["model"]["custom_decoder"],
+    )  # a config.json written before the fields existed
     model = RunConfig.from_dict(data).model
     assert (model.custom_encoder, model.custom_decoder, model.custom_networks) == (None, None, False)
 
@@ -126,7 +135,9 @@ def test_trained_run_records_its_networks_and_reloads_to_the_same_outputs(traine
     config, model, run_dir, initial = trained
     saved = json.loads((Path(run_dir) / "config.json").read_text())["model"]
     assert (saved["custom_encoder"], saved["custom_decoder"]) == ("MLPEncoder", "MLPDecoder")
-    assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items()), "training did not change the weights"
+    assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items()), (
+        "training did not change the weights"
+    )
     assert len(vaekit.runs.read_metrics(run_dir)) == 2
 
     run = load_run(run_dir, "latest", **networks(config))  # latest: the weights the model ended with
@@ -135,7 +146,11 @@ def test_trained_run_records_its_networks_and_reloads_to_the_same_outputs(traine
     x = data.test.images[:16].float().div(255)
     with torch.no_grad():
         q_trained, q_loaded = model.encode(x), run.model.encode(x)
-        for a, b in ((q_trained.loc, q_loaded.loc), (q_trained.scale, q_loaded.scale), (q_trained.logits, q_loaded.logits)):
+        for a, b in (
+            (q_trained.loc, q_loaded.loc),
+            (q_trained.scale, q_loaded.scale),
+            (q_trained.logits, q_loaded.logits),
+        ):
             torch.testing.assert_close(b, a, rtol=0, atol=0)
         z = torch.randn(8, config.model.latent_size)
         torch.testing.assert_close(run.model.decode(z).logits, model.decode(z).logits, rtol=0, atol=0)
@@ -164,7 +179,9 @@ def test_evaluation_sampling_and_the_report_work_on_the_run(trained, data) -> No
     result = evaluate_model(run.model, data.test.images[:20], binarize=True, samples=8, progress=False, fast=True)
     assert math.isfinite(result["test"]["nll"]["mean"]) and result["test"]["nll"]["mean"] > 0
     plain = evaluate_model(run.model, data.test.images[:20], binarize=True, samples=8, progress=False, fast=False)
-    assert result["test"]["nll"]["mean"] == pytest.approx(plain["test"]["nll"]["mean"], rel=1e-5)  # the speed path gives the same numbers
+    assert result["test"]["nll"]["mean"] == pytest.approx(
+        plain["test"]["nll"]["mean"], rel=1e-5
+    )  # the speed path gives the same numbers
 
     out = evaluate_run(run_dir, samples=4, test_subset=10, data=data, quality=False, progress=False, **networks(config))
     assert math.isfinite(out["test"]["nll"]["mean"]) and "channels_last" not in out["settings"]["network_path"]
@@ -182,7 +199,9 @@ def test_resuming_needs_the_model_and_then_replays_exactly(trained, data, tmp_pa
     config.train.epochs = 2
     with pytest.raises(VaekitError, match=r"own networks \(encoder MLPEncoder, decoder MLPDecoder\).*model=vaekit.VAE"):
         vaekit.train(config, resume=run_dir, data=data, progress=False)
-    vaekit.train(config, model=own_model(config, seed=1), resume=run_dir, data=data, progress=False)  # its initial weights are replaced
+    vaekit.train(
+        config, model=own_model(config, seed=1), resume=run_dir, data=data, progress=False
+    )  # its initial weights are replaced
     resumed = load_run(run_dir, "latest", **networks(config)).model.state_dict()
     uninterrupted = load_run(full_run, "latest", **networks(config)).model.state_dict()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
@@ -222,7 +241,9 @@ def test_wrong_shapes_are_refused_with_what_was_expected() -> None:
 
     cropped = nn.Sequential(nn.Linear(config.latent_size, CHANNELS * 28 * 28), nn.Unflatten(1, (CHANNELS, 28, 28)))
     model = VAE(config, encoder=MLPEncoder(config), decoder=cropped)  # returns the data's size, not the padded frame
-    with pytest.raises(VaekitError, match=r"decoder Sequential returned \(6, 3, 28, 28\); expected .* \(6, 3, 32, 32\)"):
+    with pytest.raises(
+        VaekitError, match=r"decoder Sequential returned \(6, 3, 28, 28\); expected .* \(6, 3, 32, 32\)"
+    ):
         model.decode(torch.randn(2, 3, config.latent_size))
     model = VAE(config, encoder=MLPEncoder(config), decoder=MLPDecoder(config))
     model.eval()
@@ -235,7 +256,9 @@ class ConvThenMLP(MLPEncoder):
     def __init__(self, config) -> None:
         super().__init__(config)
         s = config.padded_size
-        self.conv = nn.Sequential(nn.Conv2d(config.channels, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU())
+        self.conv = nn.Sequential(
+            nn.Conv2d(config.channels, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU()
+        )
         self.body = nn.Sequential(nn.Linear(4 * s * s, 32), nn.BatchNorm1d(32), nn.ReLU())
 
     def forward(self, x: torch.Tensor):
@@ -256,7 +279,7 @@ def test_folding_leaves_what_it_cannot_fold_alone() -> None:
 def test_the_readme_example_trains_and_reloads_its_own_networks(monkeypatch, tmp_path) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     start = readme.index("```python\nimport vaekit\nfrom torch import nn")
-    code = readme[start + len("```python\n"):readme.index("```", start + 10)]
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
     # The snippet trains on Fashion-MNIST for three epochs; here the tiny generated data stands in.
     monkeypatch.setattr(vaekit, "train", functools.partial(vaekit.train, data=make_tiny_splits(), progress=False))
     monkeypatch.chdir(tmp_path)

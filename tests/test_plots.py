@@ -110,9 +110,7 @@ def test_reconstructions_each_original_above_its_reconstruction(tmp_path):
 
 
 def test_reconstructions_few_images_two_rows_and_shape_check(tmp_path):
-    path = plots.save_reconstructions(
-        torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4) * 0.6, tmp_path / "r.png"
-    )
+    path = plots.save_reconstructions(torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4) * 0.6, tmp_path / "r.png")
     grid = np.asarray(Image.open(path))
     assert grid.shape == (2 * 4 + 6, 3 * 4 + 8)
     assert (_cell(grid, 0, 2, 4, 4) == 0).all() and (_cell(grid, 1, 0, 4, 4) == 153).all()
@@ -129,9 +127,7 @@ def test_interpolation_rows_and_labels(tmp_path):
     for t in range(5):
         assert (_cell(grid, 0, t, 6, 6) == round(t / 4 * 255)).all()
     assert (_cell(grid, 1, 4, 6, 6) == 255).all()
-    labelled = plots.save_interpolation(
-        [lin, sph], tmp_path / "interpolations.png", labels=["linear", "spherical"]
-    )
+    labelled = plots.save_interpolation([lin, sph], tmp_path / "interpolations.png", labels=["linear", "spherical"])
     im = _png_ok(labelled)
     assert im.height == grid.shape[0] and im.width > grid.shape[1]  # room for the names
     with pytest.raises(ValueError):

@@ -72,7 +72,7 @@ def test_mog_prior_samples_have_the_mixture_moments():
     z = prior().sample((40_000,))
     w = torch.softmax(prior.logits.detach(), 0)
     mean = (w * torch.tensor([-3.0, 2.0])).sum()
-    var = (w * (torch.tensor([1.0, torch.e ** -2]) + torch.tensor([9.0, 4.0]))).sum() - mean**2
+    var = (w * (torch.tensor([1.0, torch.e**-2]) + torch.tensor([9.0, 4.0]))).sum() - mean**2
     assert z.shape == (40_000, 1)
     assert abs(z.mean() - mean) < 0.05 and abs(z.var() - var) < 0.15
 

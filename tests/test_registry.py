@@ -104,8 +104,13 @@ def no_pictures(monkeypatch):
 
 def test_a_users_likelihood_and_prior_train_reload_and_evaluate(user_variants, tmp_path):
     splits = make_tiny_splits(n=40)
-    config = tiny_config(model__likelihood="test-laplace", model__prior="test-wide", model__width=32,
-                         data__train_subset=16, train__batch_size=8)
+    config = tiny_config(
+        model__likelihood="test-laplace",
+        model__prior="test-wide",
+        model__width=32,
+        data__train_subset=16,
+        train__batch_size=8,
+    )
     out = vaekit.train(config, out=tmp_path / "run", data=splits, progress=False)
     saved = json.loads((out / "config.json").read_text())
     assert (saved["model"]["likelihood"], saved["model"]["prior"]) == ("test-laplace", "test-wide")
@@ -137,7 +142,12 @@ def test_a_registered_closed_form_kl_replaces_the_monte_carlo_estimate(user_vari
     expected = D.kl_divergence(D.Independent(D.Normal(q.loc[:, 0], q.scale[:, 0]), 1), model.prior())
     assert terms.kl_per_dim.shape == (4, 3)
     torch.testing.assert_close(terms.kl, expected)
-    assert closed_form_kl(MixtureOfGaussians(q.loc.expand(4, 2, 3), q.scale.expand(4, 2, 3), torch.zeros(4, 2)), model.prior()) is None
+    assert (
+        closed_form_kl(
+            MixtureOfGaussians(q.loc.expand(4, 2, 3), q.scale.expand(4, 2, 3), torch.zeros(4, 2)), model.prior()
+        )
+        is None
+    )
 
 
 def test_a_taken_name_or_a_class_without_from_config_is_refused():

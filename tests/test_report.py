@@ -49,15 +49,16 @@ def run_dir(tmp_path_factory) -> Path:
     (run / "metrics.csv").write_text(METRICS_CSV)
     (run / "evaluation.json").write_text(json.dumps(EVALUATION))
     gen = torch.Generator().manual_seed(0)
-    rows = [dict(zip(METRICS_CSV.splitlines()[0].split(","), line.split(",")))
-            for line in METRICS_CSV.splitlines()[1:]]
+    rows = [dict(zip(METRICS_CSV.splitlines()[0].split(","), line.split(","))) for line in METRICS_CSV.splitlines()[1:]]
     plots.plot_loss_curves(rows, run / "loss_curves.png")
     plots.save_image_grid(torch.rand(16, 1, 12, 12, generator=gen), run / "samples.png")
     imgs = torch.rand(8, 1, 12, 12, generator=gen)
     plots.save_reconstructions(imgs, imgs.clamp(0.2, 0.8), run / "reconstructions.png")
     plots.plot_latent_scatter(
-        torch.randn(100, 5, generator=gen), torch.randint(0, 3, (100,), generator=gen),
-        run / "latent_scatter.png", ["a", "b", "c"],
+        torch.randn(100, 5, generator=gen),
+        torch.randint(0, 3, (100,), generator=gen),
+        run / "latent_scatter.png",
+        ["a", "b", "c"],
     )
     write_report(run)
     return run
@@ -137,9 +138,7 @@ def test_minimal_run_and_loss_style_elbo(tmp_path):
     assert "metrics.csv not found" in text and "evaluation.json not found" in text
     assert "<img" not in text
     # a run that logs the negative ELBO (elbo = recon + kl): lowest is best
-    (tmp_path / "metrics.csv").write_text(
-        "epoch,val_elbo,val_recon,val_kl\n1,110,90,20\n2,100,85,15\n3,105,88,17\n"
-    )
+    (tmp_path / "metrics.csv").write_text("epoch,val_elbo,val_recon,val_kl\n1,110,90,20\n2,100,85,15\n3,105,88,17\n")
     text = write_report(tmp_path).read_text()
     assert "best validation val_elbo (lowest)" in text
     assert ">2<" in text  # epoch of the best row
@@ -154,9 +153,7 @@ def test_bad_json_is_a_vaekit_error(tmp_path):
 # ----------------------------------------------------------------------------- Chromium
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed: apt-get install chromium"
-)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
 
 # Injected by the test only (the report itself has no scripts).  It goes first in <head>,
 # before the report's Content-Security-Policy meta tag, so it runs while the policy
@@ -187,10 +184,20 @@ CHECK_SCRIPT = """<script>
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-extensions", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
-        f"--user-data-dir={tmp / 'chromium-profile'}", *args,
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
@@ -236,7 +243,9 @@ def test_chromium_check_catches_broken_image(page, tmp_path):
 def test_chromium_screenshot(run_dir, tmp_path):
     shot = tmp_path / "report.png"
     proc = _chromium(
-        tmp_path, f"--screenshot={shot}", "--window-size=1200,3000",
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1200,3000",
         (run_dir / "report.html").as_uri(),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -34,13 +34,35 @@ def npz(tmp_path_factory) -> Path:
 
 
 def _train_args(npz: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "vaekit", "train", "--dataset", f"npz:{npz}", "--latent-size", "4",
-            "--batch-size", "32", "--epochs", "2", "--checkpoint-every", "1", "--quiet", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "vaekit",
+        "train",
+        "--dataset",
+        f"npz:{npz}",
+        "--latent-size",
+        "4",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
 
 
 def _resume(run: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(run), "--quiet"],
-                          env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vaekit", "train", "--resume", str(run), "--quiet"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _latest_step(run: Path) -> int:

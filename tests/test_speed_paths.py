@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_tiny_splits
 from vaekit.batching import binarize_fixed
 from vaekit.config import ModelConfig
 from vaekit.evaluate import evaluate_model
@@ -15,9 +16,14 @@ from vaekit.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
 from vaekit.model import VAE
 from vaekit.networks import ConvDecoder, ConvEncoder
 from vaekit.objectives import training_loss
-from vaekit.speed import autocast_networks, fast_networks, fold_batchnorm, full_precision, inference_model, network_autocast
-
-from conftest import make_tiny_splits
+from vaekit.speed import (
+    autocast_networks,
+    fast_networks,
+    fold_batchnorm,
+    full_precision,
+    inference_model,
+    network_autocast,
+)
 
 
 def _model(components: int = 1, latent: int = 8) -> VAE:

@@ -28,7 +28,11 @@ def _isolated_env(tmp_path, monkeypatch):
 
 
 def _idx(array: np.ndarray) -> bytes:
-    return struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, 8, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 @pytest.fixture
@@ -57,8 +61,10 @@ def test_idx_val_size_holds_out_the_last_images_of_the_training_file(idx_dir):
     assert _fingerprints(again.train) == _fingerprints(ds.train) and _fingerprints(again.val) == _fingerprints(ds.val)
 
 
-@pytest.mark.skipif(not (REAL_FMNIST / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (REAL_FMNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist_splits_50000_10000_as_the_literature_does():
     ds = load_dataset("fashion-mnist", download=False, val_size=10_000)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (50_000, 10_000, 10_000)
@@ -89,8 +95,15 @@ def test_random_split_val_size_keeps_the_test_set_and_is_disjoint(tmp_path):
     assert [_fingerprints(s) for s in (again.train, again.val)] == [_fingerprints(s) for s in (ds.train, ds.val)]
 
 
-@pytest.mark.parametrize("val_size, needle", [(0, "--val-size must be a positive integer"), (-3, "--val-size must be a positive integer"),
-                                              (60, "--val-size 60 leaves no training images"), (61, "use a --val-size below 60")])
+@pytest.mark.parametrize(
+    "val_size, needle",
+    [
+        (0, "--val-size must be a positive integer"),
+        (-3, "--val-size must be a positive integer"),
+        (60, "--val-size 60 leaves no training images"),
+        (61, "use a --val-size below 60"),
+    ],
+)
 def test_bad_val_size_is_one_line(idx_dir, val_size, needle):
     with pytest.raises(VaekitError, match=needle) as excinfo:
         load_dataset("fashion-mnist", data_dir=str(idx_dir[0]), download=False, val_size=val_size)
@@ -103,13 +116,32 @@ def test_random_split_val_size_too_large_is_one_line(tmp_path):
     assert "\n" not in str(excinfo.value)
 
 
-@pytest.mark.parametrize("value, needle", [("0", "--val-size must be a positive integer, got 0"),
-                                           ("1000", "--val-size 1000 leaves no training images"),
-                                           ("x", "invalid int value")])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("0", "--val-size must be a positive integer, got 0"),
+        ("1000", "--val-size 1000 leaves no training images"),
+        ("x", "invalid int value"),
+    ],
+)
 def test_train_refuses_a_bad_val_size_with_one_line(tmp_path, capsys, value, needle):
     out = tmp_path / "run"
-    argv = ["train", "--dataset", _npz(tmp_path), "--latent-size", "2", "--epochs", "1", "--batch-size", "8",
-            "--val-size", value, "--out", str(out), "--quiet"]
+    argv = [
+        "train",
+        "--dataset",
+        _npz(tmp_path),
+        "--latent-size",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-size",
+        value,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -133,8 +165,27 @@ def test_config_records_val_size_and_old_configs_load_with_the_default(tmp_path)
 
 def test_train_cli_passes_val_size_into_the_config(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--dataset", _npz(tmp_path, 80), "--latent-size", "2", "--epochs", "1", "--batch-size", "16",
-                 "--val-size", "20", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                _npz(tmp_path, 80),
+                "--latent-size",
+                "2",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--val-size",
+                "20",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["data"]["val_size"] == 20
 
 

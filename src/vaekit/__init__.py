@@ -28,4 +28,16 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["VAE", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "VaekitError", "train", "load_run", "load_dataset", "compare_runs", "__version__"]
+__all__ = [
+    "VAE",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+    "VaekitError",
+    "train",
+    "load_run",
+    "load_dataset",
+    "compare_runs",
+    "__version__",
+]

@@ -29,8 +29,12 @@ def to_float(images: torch.Tensor, memory_format: torch.memory_format = torch.co
     return images.to(torch.float32).div_(255.0).contiguous(memory_format=memory_format)
 
 
-def make_batch(images: torch.Tensor, index: torch.Tensor, binarize: bool,
-               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def make_batch(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    binarize: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
     x = to_float(images[index], memory_format)
     # Dynamic binarisation: a fresh draw per batch, from the global generator so resume replays it.
     return torch.bernoulli(x) if binarize else x

@@ -6,12 +6,13 @@ import torch
 
 from .batching import binarize_fixed, to_float
 from .distributed import DistContext
-from .speed import full_precision
 from .objectives import elbo_terms
+from .speed import full_precision
 
 
-def bound_terms(model, images: torch.Tensor, batch_size: int, binarize: bool, seed: int,
-                ctx: DistContext | None = None) -> dict[str, torch.Tensor]:
+def bound_terms(
+    model, images: torch.Tensor, batch_size: int, binarize: bool, seed: int, ctx: DistContext | None = None
+) -> dict[str, torch.Tensor]:
     """Per-image ELBO, reconstruction and KL (nats) over `images`, reproducibly.
 
     With several processes each rank takes every world_size-th image, so no image is
@@ -23,21 +24,25 @@ def bound_terms(model, images: torch.Tensor, batch_size: int, binarize: bool, se
     model.eval()
     out: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": []}
     device = images.device
-    with (full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-          torch.inference_mode()):
+    with (
+        full_precision(model),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.inference_mode(),
+    ):
         torch.manual_seed(seed + 1)
         # Binarise the whole set before sharding: the same images whatever the process count.
         x_all = (binarize_fixed(images, seed) if binarize else to_float(images))[index]
         for start in range(0, len(index), batch_size):
-            terms = elbo_terms(model, x_all[start:start + batch_size])
+            terms = elbo_terms(model, x_all[start : start + batch_size])
             for key in out:
                 out[key].append(getattr(terms, key).double())
     model.train(was_training)
     return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64, device=device) for k, v in out.items()}
 
 
-def bound_means(model, images: torch.Tensor, batch_size: int, binarize: bool, seed: int,
-                ctx: DistContext | None = None) -> dict[str, float]:
+def bound_means(
+    model, images: torch.Tensor, batch_size: int, binarize: bool, seed: int, ctx: DistContext | None = None
+) -> dict[str, float]:
     """Means of `bound_terms` over the whole set, summed across ranks."""
     ctx = ctx or DistContext()
     terms = bound_terms(model, images, batch_size, binarize, seed, ctx)

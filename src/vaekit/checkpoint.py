@@ -61,10 +61,15 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "vaekit", "version": str(FORMAT_VERSION)})
+        save_file(
+            tensors, str(tmp / "model.safetensors"), metadata={"format": "vaekit", "version": str(FORMAT_VERSION)}
+        )
         buffer = io.BytesIO()
         torch.save(training, buffer)
-        for file, data in (("training_state.pt", buffer.getvalue()), ("state.json", json.dumps({**state, "format_version": FORMAT_VERSION}, indent=2).encode())):
+        for file, data in (
+            ("training_state.pt", buffer.getvalue()),
+            ("state.json", json.dumps({**state, "format_version": FORMAT_VERSION}, indent=2).encode()),
+        ):
             with open(tmp / file, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -93,7 +98,9 @@ def resolve_pointer(root: Path, pointer: str) -> Path:
     try:
         name = (root / pointer).read_text().strip()
     except OSError:
-        raise VaekitError(f"{root.parent} has no '{pointer}' checkpoint; train it first or pass a finished run directory") from None
+        raise VaekitError(
+            f"{root.parent} has no '{pointer}' checkpoint; train it first or pass a finished run directory"
+        ) from None
     if not name.startswith("step-") or "/" in name:
         raise VaekitError(f"{root / pointer} is corrupt (points at {name!r}); delete it and resume from another run")
     return root / name
@@ -118,7 +125,8 @@ def load_checkpoint(run_dir: Path, pointer: str = "latest", with_training: bool 
         raise VaekitError(f"{folder / 'state.json'} is unreadable ({exc}); the checkpoint is damaged") from None
     if state.get("format_version") != FORMAT_VERSION:
         raise VaekitError(
-            f"{folder} has checkpoint format {state.get('format_version')!r}, this vaekit reads {FORMAT_VERSION}; use the vaekit version that wrote it"
+            f"{folder} has checkpoint format {state.get('format_version')!r}, this vaekit reads "
+            f"{FORMAT_VERSION}; use the vaekit version that wrote it"
         )
     training = None
     if with_training:
@@ -151,4 +159,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         k = shapes[0]
         problems.append(f"{k} has shape {tuple(found[k].shape)}, expected {tuple(expected[k].shape)}")
     if problems:
-        raise VaekitError(f"{where} does not match its config ({'; '.join(problems)}); it was written by another model or vaekit version")
+        raise VaekitError(
+            f"{where} does not match its config ({'; '.join(problems)}); it was written by another model "
+            f"or vaekit version"
+        )

@@ -53,10 +53,17 @@ class FeatureClassifier(nn.Module):
     def __init__(self, channels: int, size: int, classes: int, width: int, features: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(2 * width * (size // 4) ** 2, features), nn.ReLU(),
+            nn.Linear(2 * width * (size // 4) ** 2, features),
+            nn.ReLU(),
         )
         self.head = nn.Linear(features, classes)
 
@@ -79,16 +86,24 @@ class TrainedClassifier:
     def features(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """Penultimate features (N, F) of float images (N, C, H, W) in [0, 1] at the data's own size."""
         self.net.eval()
-        return torch.cat([self.net.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [self.net.features(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)]
+        )
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "test_accuracy": self.accuracy, "feature_size": self.spec.features, "spec": asdict(self.spec), "cached": self.cached}
+        return {
+            "path": str(self.path),
+            "test_accuracy": self.accuracy,
+            "feature_size": self.spec.features,
+            "spec": asdict(self.spec),
+            "cached": self.cached,
+        }
 
 
 def data_pixels(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """uint8 (N, C, P, P) padded tensors -> float (N, C, S, S) in [0, 1] without the zero frame."""
     border = (images.shape[-1] - image_size) // 2
-    x = images[..., border:border + image_size, border:border + image_size]
+    x = images[..., border : border + image_size, border : border + image_size]
     return x.float().div(255.0)
 
 
@@ -143,25 +158,36 @@ def _train_and_cache(data, spec: ClassifierSpec, shape: dict, path: Path, progre
         torch.manual_seed(CLASSIFIER_SEED)
         net = _fit(net, x_train, y_train, spec, progress)
     accuracy = accuracy_on(net, data_pixels(data.test.images, data.image_size), data.test.labels)
-    info = {"shape": shape, "spec": asdict(spec), "test_accuracy": accuracy, "dataset": data.name, "checksum": data.checksum,
-            "train_images": len(y_train), "vaekit_version": __version__}
+    info = {
+        "shape": shape,
+        "spec": asdict(spec),
+        "test_accuracy": accuracy,
+        "dataset": data.name,
+        "checksum": data.checksum,
+        "train_images": len(y_train),
+        "vaekit_version": __version__,
+    }
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"vaekit_classifier": json.dumps(info)}))
     return TrainedClassifier(net.eval(), accuracy, path, spec, cached=False)
 
 
-def _fit(net: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, spec: ClassifierSpec, progress: bool) -> FeatureClassifier:
+def _fit(
+    net: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, spec: ClassifierSpec, progress: bool
+) -> FeatureClassifier:
     """Adam with a cosine-decayed rate: a few epochs reach the accuracy a long flat schedule would."""
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.lr)
     steps_per_epoch = max(1, len(x) // spec.batch_size)
     total = spec.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
     net.train()
     bar = tqdm(total=total, desc="classifier", disable=not progress, leave=False, dynamic_ncols=True)
     for _ in range(spec.epochs):
         order = torch.randperm(len(x))
         for i in range(steps_per_epoch):
-            idx = order[i * spec.batch_size:(i + 1) * spec.batch_size]
+            idx = order[i * spec.batch_size : (i + 1) * spec.batch_size]
             loss = F.cross_entropy(net(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -175,5 +201,7 @@ def _fit(net: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, spec: Classif
 @torch.no_grad()
 def accuracy_on(net: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     net.eval()
-    correct = sum(int((net(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()) for i in range(0, len(x), batch_size))
+    correct = sum(
+        int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(x), batch_size)
+    )
     return correct / max(1, len(x))

@@ -33,7 +33,9 @@ def cmd_train(args) -> int:
     if args.resume:
         run = Path(args.resume)
         if not (run / CONFIG).is_file():
-            raise VaekitError(f"--resume {run}: not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote")
+            raise VaekitError(
+                f"--resume {run}: not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote"
+            )
         config = RunConfig.load(run / CONFIG)
         given = given_settings(args)["train"]
         if "epochs" in given:  # an explicit --epochs extends (or shortens) the resumed run
@@ -68,14 +70,17 @@ def cmd_sample(args) -> int:
 def cmd_reconstruct(args) -> int:
     from .data import load_dataset
     from .plots import save_reconstructions
-
     from .runs import load_run
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
     run = load_run(args.run)
-    data = load_dataset(run.config.data.dataset, run.config.data.data_dir, image_size=run.config.dataset_image_size(),
-                        val_size=run.config.data.val_size)
+    data = load_dataset(
+        run.config.data.dataset,
+        run.config.data.data_dir,
+        image_size=run.config.dataset_image_size(),
+        val_size=run.config.data.val_size,
+    )
     x = data.test.images[: args.n].float().div(255)
     out = Path(args.out or run.path / "reconstructions.png")
     save_reconstructions(run.model.crop(x), run.model.reconstruct(x), out)
@@ -90,10 +95,21 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
 
     spec = ClassifierSpec(epochs=args.classifier_epochs) if args.classifier_epochs else None
-    result = evaluate_run(args.run, samples=args.nll_samples, test_subset=args.test_subset, batch_size=args.batch_size,
-                          json_path=args.json, quality=not args.no_quality, quality_samples=args.quality_samples,
-                          classifier_spec=spec, seed=args.seed, progress=not args.quiet, fast=not args.plain, compile=args.compile,
-                          checkpoint=args.checkpoint)
+    result = evaluate_run(
+        args.run,
+        samples=args.nll_samples,
+        test_subset=args.test_subset,
+        batch_size=args.batch_size,
+        json_path=args.json,
+        quality=not args.no_quality,
+        quality_samples=args.quality_samples,
+        classifier_spec=spec,
+        seed=args.seed,
+        progress=not args.quiet,
+        fast=not args.plain,
+        compile=args.compile,
+        checkpoint=args.checkpoint,
+    )
     if args.headline:
         from .compare import headline
 
@@ -105,8 +121,10 @@ def cmd_evaluate(args) -> int:
 
 def _evaluation_summary(result: dict) -> dict:
     """The headline numbers; the full record (settings, per-dimension variances) is in evaluation.json."""
-    summary = {"number_kind": result["number_kind"],
-               **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items() if v is not None}}
+    summary = {
+        "number_kind": result["number_kind"],
+        **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items() if v is not None},
+    }
     summary["active_units"] = f"{result['active_units']['count']} of {result['active_units']['of']}"
     if "components" in result:
         summary["component_weights"] = [round(w, 3) for w in result["components"]["mean_weights"]]
@@ -134,7 +152,9 @@ def cmd_compare(args) -> int:
         try:
             atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
         except OSError as exc:
-            raise VaekitError(f"--json {args.json}: cannot write it ({exc.strerror}); pass a writable file path") from None
+            raise VaekitError(
+                f"--json {args.json}: cannot write it ({exc.strerror}); pass a writable file path"
+            ) from None
     return 0
 
 
@@ -155,25 +175,63 @@ def cmd_report(args) -> int:
 
 
 def _add_evaluation_commands(sub) -> None:
-    p = sub.add_parser("evaluate", help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json, "
-                                        "per-image NLLs and ELBOs into RUN/evaluation_per_image.npz")
+    p = sub.add_parser(
+        "evaluate",
+        help="test-set ELBO, importance-sampled NLL and sample quality into RUN/evaluation.json, "
+        "per-image NLLs and ELBOs into RUN/evaluation_per_image.npz",
+    )
     p.add_argument("run")
-    p.add_argument("--nll-samples", type=int, default=1000, metavar="S", help="importance samples per image (default 1000; the literature uses 5000)")
+    p.add_argument(
+        "--nll-samples",
+        type=int,
+        default=1000,
+        metavar="S",
+        help="importance samples per image (default 1000; the literature uses 5000)",
+    )
     p.add_argument("--test-subset", type=int, metavar="N", help="evaluate only the first N test images")
     p.add_argument("--batch-size", type=int, default=250, metavar="B", help="test images per batch (default 250)")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE")
-    p.add_argument("--quality-samples", type=int, default=10_000, metavar="N", help="prior samples for the Fréchet distance and precision/recall (default 10000, at most the test size)")
+    p.add_argument(
+        "--quality-samples",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="prior samples for the Fréchet distance and precision/recall (default 10000, at most the test size)",
+    )
     p.add_argument("--no-quality", action="store_true", help="skip the classifier-based sample-quality numbers")
-    p.add_argument("--classifier-epochs", type=int, help="epochs of the feature classifier when it is trained (default 4)")
+    p.add_argument(
+        "--classifier-epochs", type=int, help="epochs of the feature classifier when it is trained (default 4)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the importance and prior samples")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                   help="the best validation epoch (default) or the last weights saved, e.g. where a time budget ended the run mid-epoch")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "latest"),
+        default="best",
+        help="the best validation epoch (default) or the last weights saved, e.g. where a time budget "
+        "ended the run mid-epoch",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--headline", action="store_true", help="print one line, the test NLL and its protocol, instead of the JSON summary")
-    p.add_argument("--plain", action="store_true", help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks first (pays a compile time once; wins on GPU)")
-    p = sub.add_parser("compare", help="mean test NLLs of evaluated runs, and each run's per-image NLL difference to the first, paired")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories `vaekit evaluate` has scored on the same test images")
+    p.add_argument(
+        "--headline",
+        action="store_true",
+        help="print one line, the test NLL and its protocol, instead of the JSON summary",
+    )
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="evaluate the network as trained, without folding BatchNorm (slower; the same numbers to float rounding)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the networks first (pays a compile time once; wins on GPU)",
+    )
+    p = sub.add_parser(
+        "compare", help="mean test NLLs of evaluated runs, and each run's per-image NLL difference to the first, paired"
+    )
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directories `vaekit evaluate` has scored on the same test images"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the table to FILE")
     p = sub.add_parser("interpolate", help="decoded strips between posterior means of test images")
     p.add_argument("run")
@@ -215,8 +273,15 @@ def os_error_message(exc: OSError) -> str:
     return f"{where} ({cause}); choose a path that can be created and written, with free space"
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "evaluate": cmd_evaluate, "compare": cmd_compare, "interpolate": cmd_interpolate, "report": cmd_report}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "reconstruct": cmd_reconstruct,
+    "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
+    "interpolate": cmd_interpolate,
+    "report": cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,13 @@ from .per_image import PER_IMAGE_FILE, read_per_image
 
 EVALUATION = "evaluation.json"
 # evaluation.json settings that must agree for two runs' NLLs to be paired: (key, how a message names it)
-PROTOCOL = (("dataset_checksum", "dataset"), ("binarized", "binarised"), ("binarize_seed", "binarisation seed"),
-            ("likelihood", "likelihood"), ("nll_samples", "importance samples S"))
+PROTOCOL = (
+    ("dataset_checksum", "dataset"),
+    ("binarized", "binarised"),
+    ("binarize_seed", "binarisation seed"),
+    ("likelihood", "likelihood"),
+    ("nll_samples", "importance samples S"),
+)
 
 
 @dataclass
@@ -46,7 +51,12 @@ def paired_difference(first: np.ndarray, other: np.ndarray) -> dict[str, float |
     if first.shape != other.shape or first.ndim != 1:
         raise ValueError(f"paired values must be 1-D and equally long, got {first.shape} and {other.shape}")
     mean, stderr = mean_and_stderr(other - first)
-    return {"mean": mean, "stderr": stderr, "standard_errors": mean / stderr if stderr > 0 else None, "images": int(first.size)}
+    return {
+        "mean": mean,
+        "stderr": stderr,
+        "standard_errors": mean / stderr if stderr > 0 else None,
+        "images": int(first.size),
+    }
 
 
 def load_evaluated_run(run_dir: str | Path) -> EvaluatedRun:
@@ -64,10 +74,14 @@ def load_evaluated_run(run_dir: str | Path) -> EvaluatedRun:
     record = evaluation.get("per_image") if isinstance(evaluation, dict) else None
     settings = evaluation.get("settings") if isinstance(evaluation, dict) else None
     if not isinstance(record, dict) or not isinstance(settings, dict):
-        raise VaekitError(f"{path} has no per-image results (written by an older vaekit); run `vaekit evaluate {run}` again")
+        raise VaekitError(
+            f"{path} has no per-image results (written by an older vaekit); run `vaekit evaluate {run}` again"
+        )
     values = read_per_image(run / record.get("file", PER_IMAGE_FILE), record.get("arrays_sha256"))
     if values.nll is None:
-        raise VaekitError(f"{run} was evaluated without the NLL, so there is nothing to compare; run `vaekit evaluate {run}`")
+        raise VaekitError(
+            f"{run} was evaluated without the NLL, so there is nothing to compare; run `vaekit evaluate {run}`"
+        )
     return EvaluatedRun(run, settings, values.index, values.nll)
 
 
@@ -75,22 +89,31 @@ def check_comparable(first: EvaluatedRun, other: EvaluatedRun) -> None:
     """Refuses, naming the difference, two evaluations whose per-image NLLs cannot be paired."""
     a, b = first.index, other.index
     if len(a) != len(b) or not np.array_equal(a, b):
-        which = (f"{len(a)} against {len(b)} images" if len(a) != len(b)
-                 else f"the same count, {len(a)}, but not the same images")
+        which = (
+            f"{len(a)} against {len(b)} images"
+            if len(a) != len(b)
+            else f"the same count, {len(a)}, but not the same images"
+        )
         selected = [r.settings.get("test_selection") for r in (first, other)]
         detail = f" ({selected[0]} against {selected[1]})" if all(selected) and selected[0] != selected[1] else ""
-        raise VaekitError(f"{first.path} and {other.path} were evaluated on different test images: {which}{detail}; "
-                          f"evaluate both with the same --test-subset")
+        raise VaekitError(
+            f"{first.path} and {other.path} were evaluated on different test images: {which}{detail}; "
+            f"evaluate both with the same --test-subset"
+        )
     differences = []
     for key, name in PROTOCOL:
         x, y = first.settings.get(key), other.settings.get(key)
         if x != y:
             if key == "dataset_checksum":
-                x, y = (f"{r.settings.get('dataset')} (checksum {str(r.settings.get(key))[:12]})" for r in (first, other))
+                x, y = (
+                    f"{r.settings.get('dataset')} (checksum {str(r.settings.get(key))[:12]})" for r in (first, other)
+                )
             differences.append(f"{name} {x} against {y}")
     if differences:
-        raise VaekitError(f"{first.path} and {other.path} were evaluated under different protocols: {', '.join(differences)}; "
-                          f"evaluate both the same way (`vaekit evaluate RUN --nll-samples S`) before comparing")
+        raise VaekitError(
+            f"{first.path} and {other.path} were evaluated under different protocols: {', '.join(differences)}; "
+            f"evaluate both the same way (`vaekit evaluate RUN --nll-samples S`) before comparing"
+        )
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
@@ -109,20 +132,29 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     rows = []
     for i, run in enumerate(runs):
         mean, stderr = mean_and_stderr(run.nll)
-        rows.append({
-            "run": str(run.path),
-            "checkpoint": run.settings.get("checkpoint"),
-            "checkpoint_step": run.settings.get("checkpoint_step"),
-            "sampling_seed": run.settings.get("sampling_seed"),
-            "nll": {"mean": mean, "stderr": stderr},
-            "minus_first": paired_difference(first.nll, run.nll) if i else None,
-        })
+        rows.append(
+            {
+                "run": str(run.path),
+                "checkpoint": run.settings.get("checkpoint"),
+                "checkpoint_step": run.settings.get("checkpoint_step"),
+                "sampling_seed": run.settings.get("sampling_seed"),
+                "nll": {"mean": mean, "stderr": stderr},
+                "minus_first": paired_difference(first.nll, run.nll) if i else None,
+            }
+        )
     s = first.settings
     return {
         "images": int(len(first.index)),
-        "protocol": {"dataset": s.get("dataset"), "dataset_checksum": s.get("dataset_checksum"), "test_selection": s.get("test_selection"),
-                     "test_indices_sha256": s.get("test_indices_sha256"), "binarized": s.get("binarized"),
-                     "binarize_seed": s.get("binarize_seed"), "likelihood": s.get("likelihood"), "nll_samples": s.get("nll_samples")},
+        "protocol": {
+            "dataset": s.get("dataset"),
+            "dataset_checksum": s.get("dataset_checksum"),
+            "test_selection": s.get("test_selection"),
+            "test_indices_sha256": s.get("test_indices_sha256"),
+            "binarized": s.get("binarized"),
+            "binarize_seed": s.get("binarize_seed"),
+            "likelihood": s.get("likelihood"),
+            "nll_samples": s.get("nll_samples"),
+        },
         "runs": rows,
     }
 
@@ -137,8 +169,10 @@ def headline(evaluation: dict[str, Any]) -> str:
     """One line for a newcomer: the test NLL of an `evaluate_run` result and its protocol."""
     s, test = evaluation["settings"], evaluation["test"]
     kind = "NLL" if test.get("bits_per_dim") is not None else "negative log-density"
-    line = (f"test {kind} {test['nll']['mean']:.2f} ± {test['nll']['stderr']:.2f} nats on {s['test_images']} test images "
-            f"of {s['dataset']} ({protocol_text(s)})")
+    line = (
+        f"test {kind} {test['nll']['mean']:.2f} ± {test['nll']['stderr']:.2f} nats on {s['test_images']} test images "
+        f"of {s['dataset']} ({protocol_text(s)})"
+    )
     if s["dataset"] == "fashion-mnist" and s["binarized"]:
         line += "; papers score all 10000 at S=5000 (a VAE with a N(0, I) prior: 228.70)"
     return line
@@ -147,8 +181,11 @@ def headline(evaluation: dict[str, Any]) -> str:
 def format_comparison(result: dict[str, Any]) -> str:
     """The comparison as a table for the terminal."""
     p = result["protocol"]
-    lines = [f"test NLL in nats on the same {result['images']} test images of {p['dataset']} ({protocol_text(p)})",
-             "NLL - first: the mean over those images of (this run's NLL - the first run's) ± its standard error, paired image by image"]
+    lines = [
+        f"test NLL in nats on the same {result['images']} test images of {p['dataset']} ({protocol_text(p)})",
+        "NLL - first: the mean over those images of (this run's NLL - the first run's) ± its standard "
+        "error, paired image by image",
+    ]
     width = max(len("run"), *(len(r["run"]) for r in result["runs"]))
     head = f"{'run':<{width}}  {'checkpoint':<10}  {'NLL':>16}  {'NLL - first':>16}  {'in SEs':>7}"
     lines += [head, "-" * len(head)]

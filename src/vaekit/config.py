@@ -46,8 +46,10 @@ def block_widths(size: int, width: int = 256) -> list[int]:
     if 2 ** (blocks + 1) != size or blocks < 2:
         raise ValueError(f"network size must be a power of two >= 8, got {size}")
     if width <= 0 or width % 2 ** (blocks - 1):
-        raise ValueError(f"width must be a multiple of {2 ** (blocks - 1)} for {size}-pixel networks "
-                         f"(each of the {blocks} blocks halves it), got {width}")
+        raise ValueError(
+            f"width must be a multiple of {2 ** (blocks - 1)} for {size}-pixel networks "
+            f"(each of the {blocks} blocks halves it), got {width}"
+        )
     return [width >> (blocks - 1 - i) for i in range(blocks)]
 
 
@@ -57,12 +59,16 @@ class ModelConfig:
 
     latent_size: int = setting(32, "dimensions D of the latent space (default {default})")
     # Each block before the widest has half its channels.
-    width: int = setting(256, "channels of the widest conv block (default {default}, the notebook's; "
-                              "128 trains ~3x faster on a CPU)")
+    width: int = setting(
+        256, "channels of the widest conv block (default {default}, the notebook's; 128 trains ~3x faster on a CPU)"
+    )
     components: int = setting(1, "mixture components K of q(z|x)")  # K=1 is the ordinary VAE
     # "equal" is MISELBO's (Kviman et al. 2023): no component can take the others' weight.
-    mixture_weights: str = setting("learned", "learned: the encoder's softmax weights (default); "
-                                              "equal: every component weighs 1/K", choices=MIXTURE_WEIGHTS)
+    mixture_weights: str = setting(
+        "learned",
+        "learned: the encoder's softmax weights (default); equal: every component weighs 1/K",
+        choices=MIXTURE_WEIGHTS,
+    )
     channels: int = internal(1)  # the data's
     # Training records the data's size here: 28 for FIXED_SIZE_DATASETS, whatever was asked.
     image_size: int = setting(28, "image size for folder/npz/digits data (28, 32 or 64)")
@@ -117,9 +123,12 @@ class DataConfig:
     dataset: str = setting("fashion-mnist", "fashion-mnist (default), mnist, digits, cifar10, folder:PATH, npz:PATH")
     data_dir: str | None = setting(None, "folder holding the dataset files")
     train_subset: int | None = setting(None, "use only the first N training images")
-    val_size: int | None = setting(None, "validation images held out of the training set (default: the dataset's, "
-                                         "5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)",
-                                   metavar="N")
+    val_size: int | None = setting(
+        None,
+        "validation images held out of the training set (default: the dataset's, "
+        "5000 of Fashion-MNIST's 60000; the literature's protocol is 10000)",
+        metavar="N",
+    )
     # Dynamic binarisation: a fresh bernoulli(x) per batch. RunConfig.resolved turns it off for
     # the likelihoods of grey levels (registered with data="grey"): choosing one implies --grey.
     binarize: bool = setting(True, "train on grey levels instead of dynamically binarised pixels", flag="--grey")
@@ -147,23 +156,31 @@ class TrainConfig:
     beta: float = setting(1.0, "weight of the KL term (not 1: a beta-objective, not the ELBO)")
     kl_warmup: int = setting(0, "epochs of linear KL annealing")
     # Only where the KL is known per dimension in closed form: K=1 and the normal prior.
-    free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose "
-                                    "batch-mean KL is below this many nats; "
-                                    "only with --components 1 and --prior normal")
+    free_bits: float = setting(
+        0.0,
+        "free bits (Kingma et al. 2016): no KL penalty on a latent dimension whose "
+        "batch-mean KL is below this many nats; "
+        "only with --components 1 and --prior normal",
+    )
     iw_samples: int = setting(1, "train on the importance-weighted bound with S samples")
     mixture_estimator: str = setting(
-        "marginal", "for --components > 1: marginal decodes every component (K decoder passes; default), stratified "
-                    "trains SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from "
-                    "the whole mixture with gradients to the weights (one pass per sample)", choices=MIXTURE_ESTIMATORS)
-    checkpoint_every: int = setting(0, "also save every STEPS optimizer steps "
-                                       "(default 0: at the end of each epoch only)", metavar="STEPS")
+        "marginal",
+        "for --components > 1: marginal decodes every component (K decoder passes; default), stratified "
+        "trains SIWAE over the components (any --iw-samples, 1 included), pathwise decodes one draw from "
+        "the whole mixture with gradients to the weights (one pass per sample)",
+        choices=MIXTURE_ESTIMATORS,
+    )
+    checkpoint_every: int = setting(
+        0, "also save every STEPS optimizer steps (default 0: at the end of each epoch only)", metavar="STEPS"
+    )
     grad_clip: float | None = setting(None, "clip the gradients' global norm to this value")
     detect_anomaly: bool = setting(False, "run under torch.autograd's anomaly detection (slow)")
     channels_last: bool = setting(True, "keep NCHW tensors (slower on CPU)", flag="--no-channels-last")
     tensorboard: bool = setting(False, "also log to RUN/tensorboard (needs `pip install tensorboard`)")
     # Counted from this process's start, so a resumed run gets a budget of its own.
-    max_minutes: float | None = setting(None, "wall-clock budget: stop at the first step past it with a resumable "
-                                              "checkpoint", metavar="MIN")
+    max_minutes: float | None = setting(
+        None, "wall-clock budget: stop at the first step past it with a resumable checkpoint", metavar="MIN"
+    )
 
     def validate(self) -> TrainConfig:
         """Raises VaekitError naming the first bad setting; returns self, unchanged."""
@@ -171,8 +188,10 @@ class TrainConfig:
             _positive(self, name)
         _choice(self, "mixture_estimator", MIXTURE_ESTIMATORS)
         if self.importance_weighted and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
-            raise VaekitError("--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted "
-                              "bound (--iw-samples > 1) has none, so use one or the other")
+            raise VaekitError(
+                "--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted "
+                "bound (--iw-samples > 1) has none, so use one or the other"
+            )
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise VaekitError(f"--max-minutes (max_minutes) must be a positive number, got {self.max_minutes}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -196,11 +215,15 @@ class TrainConfig:
         if self.free_bits and (model.components > 1 or model.prior != "normal"):
             # There the KL is a Monte Carlo estimate of the whole sum: a floor on it would drop
             # the gradient of every dimension at once, which is not free bits.
-            raise VaekitError(f"--free-bits is a per-dimension KL floor, defined only for --components 1 and --prior normal "
-                              f"(got --components {model.components}, --prior {model.prior}); use --kl-warmup or --beta instead")
+            raise VaekitError(
+                f"--free-bits is a per-dimension KL floor, defined only for --components 1 and --prior normal "
+                f"(got --components {model.components}, --prior {model.prior}); use --kl-warmup or --beta instead"
+            )
         if self.mixture_estimator == "stratified" and model.components == 1:
-            raise VaekitError("--mixture-estimator stratified needs --components > 1 (with one component it is the ELBO, "
-                              "or IWAE with --iw-samples); drop it or raise --components")
+            raise VaekitError(
+                "--mixture-estimator stratified needs --components > 1 (with one component it is the ELBO, "
+                "or IWAE with --iw-samples); drop it or raise --components"
+            )
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of optimizer step `step` (0-based) of `total_steps`. A function of

@@ -19,8 +19,10 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise VaekitError(f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__}; "
-                          "remove them or use a matching vaekit version")
+        raise VaekitError(
+            f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__}; "
+            "remove them or use a matching vaekit version"
+        )
     values = {}
     for name, value in data.items():
         hint = hints[name]

@@ -51,10 +51,14 @@ class DiscretisedLogisticMixtureImage(ImageDistribution):
     support = constraints.independent(constraints.unit_interval, 3)
     half_bin = 0.5 / (LEVELS - 1)
 
-    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, validate_args: bool | None = None) -> None:
+    def __init__(
+        self, logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, validate_args: bool | None = None
+    ) -> None:
         if not logits.shape == loc.shape == log_scale.shape or logits.dim() < 4:
-            raise ValueError(f"logits {tuple(logits.shape)}, loc {tuple(loc.shape)} and log_scale {tuple(log_scale.shape)} "
-                             "must all be (*batch, L, C, H, W)")
+            raise ValueError(
+                f"logits {tuple(logits.shape)}, loc {tuple(loc.shape)} and log_scale {tuple(log_scale.shape)} "
+                "must all be (*batch, L, C, H, W)"
+            )
         self.logits, self.loc, self.log_scale = logits, loc, log_scale
         super().__init__(loc.select(-4, 0), validate_args)
 
@@ -94,8 +98,14 @@ class DiscretisedLogisticMixtureImage(ImageDistribution):
             return torch.round(x.clamp(0.0, 1.0) * (LEVELS - 1)) / (LEVELS - 1)
 
 
-@register_likelihood("logistic", discrete=True, data="grey", uses=("logistic_mixtures",), title="discretised logistic",
-                     help="a mixture of logistics discretised to the 256 grey levels")
+@register_likelihood(
+    "logistic",
+    discrete=True,
+    data="grey",
+    uses=("logistic_mixtures",),
+    title="discretised logistic",
+    help="a mixture of logistics discretised to the 256 grey levels",
+)
 class DiscretisedLogisticHead(nn.Module):
     """3 * L parameters per channel: mixture logits, locations (in [0, 1] units) and log-scales.
 
@@ -122,4 +132,6 @@ class DiscretisedLogisticHead(nn.Module):
         p = params.reshape(*batch, 3, self.mixtures, self.channels, h, w)  # (..., 3, L, C, H, W)
         logits, loc, log_scale = p.unbind(-5)
         # Locations start at 0.5 (the middle of the range) rather than at 0, the bottom edge.
-        return DiscretisedLogisticMixtureImage(logits, loc + 0.5, log_scale.clamp(min=LOGISTIC_LOG_SCALE_MIN), validate_args=False)
+        return DiscretisedLogisticMixtureImage(
+            logits, loc + 0.5, log_scale.clamp(min=LOGISTIC_LOG_SCALE_MIN), validate_args=False
+        )

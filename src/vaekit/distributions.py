@@ -48,7 +48,9 @@ class MixtureOfGaussians(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor, validate_args: bool | None = None) -> None:
+    def __init__(
+        self, loc: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor, validate_args: bool | None = None
+    ) -> None:
         if loc.dim() < 2 or loc.shape != scale.shape:
             raise ValueError(f"loc {tuple(loc.shape)} and scale {tuple(scale.shape)} must both be (*batch, K, D)")
         if logits.shape != loc.shape[:-1]:
@@ -57,7 +59,9 @@ class MixtureOfGaussians(Distribution):
         super().__init__(batch_shape=loc.shape[:-2], event_shape=loc.shape[-1:], validate_args=validate_args)
 
     @classmethod
-    def from_logvar(cls, loc: torch.Tensor, logvar: torch.Tensor, logits: torch.Tensor, validate_args: bool | None = None) -> "MixtureOfGaussians":
+    def from_logvar(
+        cls, loc: torch.Tensor, logvar: torch.Tensor, logits: torch.Tensor, validate_args: bool | None = None
+    ) -> "MixtureOfGaussians":
         # One exponentiation, of half the log-variance: this is the standard deviation
         # (the notebook exponentiated once and used the result as both variance and sd).
         return cls(loc, torch.exp(0.5 * logvar), logits, validate_args=validate_args)
@@ -65,8 +69,12 @@ class MixtureOfGaussians(Distribution):
     def expand(self, batch_shape: torch.Size | tuple, _instance=None) -> "MixtureOfGaussians":
         batch_shape = torch.Size(batch_shape)
         k, d = self.loc.shape[-2:]
-        return MixtureOfGaussians(self.loc.expand(batch_shape + (k, d)), self.scale.expand(batch_shape + (k, d)),
-                                  self.logits.expand(batch_shape + (k,)), validate_args=False)
+        return MixtureOfGaussians(
+            self.loc.expand(batch_shape + (k, d)),
+            self.scale.expand(batch_shape + (k, d)),
+            self.logits.expand(batch_shape + (k,)),
+            validate_args=False,
+        )
 
     @property
     def components(self) -> int:
@@ -140,8 +148,10 @@ class MixtureOfGaussians(Distribution):
         after = torch.cat([torch.cumsum(log_phi[..., 1:].flip(-1), -1).flip(-1), zero], -1)  # sum_{e>d}
         # Pairs (a, l) as (..., K, K, D): rows a are the logit's component, columns l the others.
         sign, log_gap = _cdf_difference(u)  # Phi_l - Phi_a at z_d
-        paths = torch.logaddexp(before[..., None, :, :] + after[..., :, None, :],  # prod_{e<d} phi_l, prod_{e>d} phi_a
-                                before[..., :, None, :] + after[..., None, :, :]) - math.log(2)  # and the reverse order
+        paths = torch.logaddexp(
+            before[..., None, :, :] + after[..., :, None, :],  # prod_{e<d} phi_l, prod_{e>d} phi_a
+            before[..., :, None, :] + after[..., None, :, :],
+        ) - math.log(2)  # and the reverse order
         log_pair = log_w[..., :, None, None] + log_w[..., None, :, None] - log_q[..., None, None]  # (..., K, K, 1)
         v_logits = (sign * torch.exp(log_gap + paths + log_pair)).sum(-2)  # (..., K, D)
         return v_loc, v_scale, v_logits

@@ -42,12 +42,17 @@ def number_kind(likelihood: str, binarized: bool) -> tuple[str, bool]:
     if binarized:
         return "negative log-likelihood of the test images binarised once with a fixed seed (nats)", True
     if spec.data == "binary":
-        return (f"{spec.title} cross-entropy on grey levels: NOT a likelihood (the {spec.title} is a distribution over {{0,1}}); "
-                "nll is not comparable with published likelihoods, and no bits/dim is given"), False
+        return (
+            f"{spec.title} cross-entropy on grey levels: NOT a likelihood (the {spec.title} is a "
+            f"distribution over {{0,1}}); "
+            "nll is not comparable with published likelihoods, and no bits/dim is given"
+        ), False
     if spec.discrete:
         return f"negative log-likelihood of the 8-bit grey levels under the {spec.title} (nats)", True
-    return (f"negative log-density of grey levels scaled to [0, 1] under the continuous {likelihood} likelihood (nats); "
-            "a density, not a probability of the 8-bit data, so no bits/dim is given"), False
+    return (
+        f"negative log-density of grey levels scaled to [0, 1] under the continuous {likelihood} likelihood (nats); "
+        "a density, not a probability of the 8-bit data, so no bits/dim is given"
+    ), False
 
 
 def _mean_and_stderr(values: torch.Tensor) -> dict[str, float]:
@@ -91,13 +96,23 @@ def evaluate_model(
     x_all = binarize_fixed(images.to(device), EVAL_BINARIZE_SEED) if binarize else to_float(images.to(device))
     per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}
     means, weights = [], []
-    bar = tqdm(total=len(x_all) * samples, desc="importance samples", unit="", unit_scale=True, disable=not progress,
-               leave=False, dynamic_ncols=True)
-    with (full_precision(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-          torch.inference_mode()):
+    bar = tqdm(
+        total=len(x_all) * samples,
+        desc="importance samples",
+        unit="",
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    with (
+        full_precision(model),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.inference_mode(),
+    ):
         torch.manual_seed(seed)
         for start in range(0, len(x_all), batch_size):
-            x = x_all[start:start + batch_size]
+            x = x_all[start : start + batch_size]
             terms = elbo_terms(model, x)
             q = model.encode(x)
             for key in ("elbo", "recon", "kl"):
@@ -149,9 +164,11 @@ def evaluate_model(
 
 # --------------------------------------------------------------------------- sample quality
 
+
 @torch.no_grad()
-def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SAMPLING_SEED, k: int = 3,
-                   batch_size: int = 500) -> dict:
+def sample_quality(
+    model, data, classifier, n: int = 10_000, seed: int = EVAL_SAMPLING_SEED, k: int = 3, batch_size: int = 500
+) -> dict:
     """Fréchet distance and k-NN precision/recall in the classifier's features.
 
     The model's N prior samples (decoded means) against the test set, and N training images
@@ -180,6 +197,7 @@ def sample_quality(model, data, classifier, n: int = 10_000, seed: int = EVAL_SA
 
 
 # --------------------------------------------------------------------------- a whole run
+
 
 def evaluate_run(
     run_dir,
@@ -222,12 +240,25 @@ def evaluate_run(
     data = data or load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
-    result = evaluate_model(run.model, images, run.config.data.binarize, samples, batch_size, seed=seed, progress=progress,
-                            fast=fast, compile=compile, keep_per_image=True)
+    result = evaluate_model(
+        run.model,
+        images,
+        run.config.data.binarize,
+        samples,
+        batch_size,
+        seed=seed,
+        progress=progress,
+        fast=fast,
+        compile=compile,
+        keep_per_image=True,
+    )
     seconds = {"bounds_and_nll": time.perf_counter() - started}
     values = result.pop("per_image")
-    per_image = PerImage(index=np.arange(len(images), dtype=np.int64),  # the first N of the test split
-                         elbo=values["elbo"], nll=values.get("nll"))
+    per_image = PerImage(
+        index=np.arange(len(images), dtype=np.int64),  # the first N of the test split
+        elbo=values["elbo"],
+        nll=values.get("nll"),
+    )
     selection = f"first {len(images)} of {len(data.test)}" if len(images) < len(data.test) else f"all {len(images)}"
     out = {
         "settings": {

@@ -22,8 +22,15 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
     @staticmethod
     def applies_to(conv: nn.Module) -> bool:
         """Whether `conv` is a plain ConvTranspose2d of a shape this twin can compute as a GEMM."""
-        return (type(conv) is nn.ConvTranspose2d and conv.groups == 1 and conv.stride == (1, 1) and conv.padding == (0, 0)
-                and conv.output_padding == (0, 0) and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
+        return (
+            type(conv) is nn.ConvTranspose2d
+            and conv.groups == 1
+            and conv.stride == (1, 1)
+            and conv.padding == (0, 0)
+            and conv.output_padding == (0, 0)
+            and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros"
+        )
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         one_by_one_input, one_by_one_kernel = x.shape[-2:] == (1, 1), self.kernel_size == (1, 1)
@@ -55,8 +62,8 @@ class FusedHeadsConvEncoder(ConvEncoder):
         kd = self.components * self.latent_size
         shape = (x.shape[0], self.components, self.latent_size)
         loc = out[:, :kd].reshape(shape)  # (B, K, D)
-        logvar = out[:, kd:2 * kd].reshape(shape)  # (B, K, D)
-        logits = out[:, 2 * kd:]  # (B, K)
+        logvar = out[:, kd : 2 * kd].reshape(shape)  # (B, K, D)
+        logits = out[:, 2 * kd :]  # (B, K)
         return loc, logvar, logits
 
 

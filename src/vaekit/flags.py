@@ -32,8 +32,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         hints = typing.get_type_hints(cls)
         for spec in dataclasses.fields(cls):
             if has_flag(spec):
-                group.add_argument(flag_name(cls, spec.name), dest=f"{section}.{spec.name}", default=argparse.SUPPRESS,
-                                   **_argument(spec, hints[spec.name]))
+                group.add_argument(
+                    flag_name(cls, spec.name),
+                    dest=f"{section}.{spec.name}",
+                    default=argparse.SUPPRESS,
+                    **_argument(spec, hints[spec.name]),
+                )
 
 
 def _argument(spec: dataclasses.Field, hint: Any) -> dict[str, Any]:

@@ -39,8 +39,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolation_strips(model, images: torch.Tensor, pairs: list[tuple[int, int]],
-                         steps: int = 10) -> tuple[list[torch.Tensor], list[str]]:
+def interpolation_strips(
+    model, images: torch.Tensor, pairs: list[tuple[int, int]], steps: int = 10
+) -> tuple[list[torch.Tensor], list[str]]:
     """For each (i, j): a linear and a spherical strip (steps, C, H, W) between the posterior means."""
     model.eval()
     means = model.encode(images).mean  # (N, D)
@@ -52,8 +53,16 @@ def interpolation_strips(model, images: torch.Tensor, pairs: list[tuple[int, int
     return strips, labels
 
 
-def interpolate_run(run_dir, out: str | Path | None = None, pairs: int = 3, steps: int = 10, data=None, seed: int = 0,
-                    encoder: torch.nn.Module | None = None, decoder: torch.nn.Module | None = None) -> Path:
+def interpolate_run(
+    run_dir,
+    out: str | Path | None = None,
+    pairs: int = 3,
+    steps: int = 10,
+    data=None,
+    seed: int = 0,
+    encoder: torch.nn.Module | None = None,
+    decoder: torch.nn.Module | None = None,
+) -> Path:
     """Writes RUN/interpolations.png (or `out`): `pairs` pairs of test images of different classes when labelled.
 
     `encoder` and `decoder`: fresh instances of a run's own networks, as vaekit.load_run takes them.

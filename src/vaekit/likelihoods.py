@@ -5,10 +5,11 @@ a `torch.distributions.Distribution` over images (event_shape (C, H, W)), so sig
 like are applied only where they are needed. Every one has `log_prob(x)` (x broadcasts over
 leading batch dims), `.mean` (images in [0, 1] for display) and `sample()`.
 
-The discretised logistic mixture lives in discretised_logistic.py. Each head is registered (registry.register_likelihood) with what it models: "binary" or "grey"
-data, and whether `log_prob` is a log probability (a true NLL, reportable in bits/dim) rather
-than a log density, whose value depends on the units of x. Heads make their distributions
-with validate_args=False: a NaN from the networks is the training loop's to report.
+The discretised logistic mixture lives in discretised_logistic.py. Each head is registered
+(registry.register_likelihood) with what it models: "binary" or "grey" data, and whether
+`log_prob` is a log probability (a true NLL, reportable in bits/dim) rather than a log density,
+whose value depends on the units of x. Heads make their distributions with validate_args=False:
+a NaN from the networks is the training loop's to report.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ImageDistribution(Distribution):
 
 
 # --- Bernoulli -----------------------------------------------------------------------------
+
 
 class BernoulliImage(ImageDistribution):
     """Independent Bernoulli pixels parameterised by logits (*batch, C, H, W)."""
@@ -140,8 +142,8 @@ class ContinuousBernoulliImage(ImageDistribution):
         super().__init__(logits, validate_args)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        l = self.logits
-        return sum_pixels(self._checked(x) * l - F.softplus(l) + continuous_bernoulli_log_norm(l))
+        logits = self.logits
+        return sum_pixels(self._checked(x) * logits - F.softplus(logits) + continuous_bernoulli_log_norm(logits))
 
     @property
     def mean(self) -> torch.Tensor:
@@ -152,8 +154,13 @@ class ContinuousBernoulliImage(ImageDistribution):
             return torch.distributions.ContinuousBernoulli(logits=self.logits).sample(sample_shape).clamp(0.0, 1.0)
 
 
-@register_likelihood("continuous-bernoulli", discrete=False, data="grey", title="continuous Bernoulli",
-                     help="a density on grey levels in [0, 1]")
+@register_likelihood(
+    "continuous-bernoulli",
+    discrete=False,
+    data="grey",
+    title="continuous Bernoulli",
+    help="a density on grey levels in [0, 1]",
+)
 class ContinuousBernoulliHead(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -212,7 +219,9 @@ class GaussianImage(ImageDistribution):
         return torch.exp(0.5 * self.logvar)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return sum_pixels(-0.5 * ((self._checked(x) - self.loc).pow(2) * torch.exp(-self.logvar) + self.logvar + LOG_2PI))
+        return sum_pixels(
+            -0.5 * ((self._checked(x) - self.loc).pow(2) * torch.exp(-self.logvar) + self.logvar + LOG_2PI)
+        )
 
     @property
     def mean(self) -> torch.Tensor:
@@ -225,8 +234,14 @@ class GaussianImage(ImageDistribution):
             return (self.loc + self.scale * noise).clamp(0.0, 1.0)
 
 
-@register_likelihood("gaussian", discrete=False, data="grey", uses=("gaussian_variance",), title="Gaussian",
-                     help="a density on grey levels with a learned variance")
+@register_likelihood(
+    "gaussian",
+    discrete=False,
+    data="grey",
+    uses=("gaussian_variance",),
+    title="Gaussian",
+    help="a density on grey levels with a learned variance",
+)
 class GaussianHead(nn.Module):
     """The decoder gives the mean (through a sigmoid, so it stays in the data's range without
     clamping); the log-variance is a parameter of this module, per pixel or one global value,

@@ -48,15 +48,25 @@ class VAE(nn.Module):
         check_networks_given(config, encoder, decoder)
         if encoder is not None or decoder is not None:
             # A copy, so the caller's config is not edited behind its back.
-            config = dataclasses.replace(config, custom_encoder=_class_name(encoder), custom_decoder=_class_name(decoder))
+            config = dataclasses.replace(
+                config, custom_encoder=_class_name(encoder), custom_decoder=_class_name(decoder)
+            )
         self.config = config
         size = config.padded_size
         self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
         # The built-in networks are made in this order (encoder, likelihood, decoder, prior), so a
         # seed gives the same weights as before user networks existed.
-        self.encoder = encoder if encoder is not None else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
+        self.encoder = (
+            encoder
+            if encoder is not None
+            else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
+        )
         self.likelihood = make_likelihood(config)
-        self.decoder = decoder if decoder is not None else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
+        self.decoder = (
+            decoder
+            if decoder is not None
+            else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
+        )
         self.prior_net = make_prior(config)  # a VampPrior's pseudo-inputs get the data's zero frame
         # A user's network's output shapes are checked once, on its first call: a wrong shape
         # would otherwise surface as a broadcasting error deep inside the bounds.
@@ -76,7 +86,9 @@ class VAE(nn.Module):
         if self.config.mixture_weights == "equal":
             logits = torch.zeros_like(logits)  # the weight head's output is not used
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-        return MixtureOfGaussians.from_logvar(loc, logvar, logits, validate_args=False)  # a NaN is the training loop's to report
+        return MixtureOfGaussians.from_logvar(
+            loc, logvar, logits, validate_args=False
+        )  # a NaN is the training loop's to report
 
     def decode(self, z: torch.Tensor):
         """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped).
@@ -102,16 +114,21 @@ class VAE(nn.Module):
         expected = [(b, k, d), (b, k, d), (b, k)]
         got = [_shape(t) for t in out] if isinstance(out, (tuple, list)) else [_shape(out)]
         if got != expected:
-            raise VaekitError(f"encoder {type(self.encoder).__name__} returned {_shapes(got)}; expected (loc, logvar, logits) with "
-                              f"shapes {_shapes(expected)}, i.e. (B, K, D), (B, K, D), (B, K) for K={k} components, D={d} latents")
+            raise VaekitError(
+                f"encoder {type(self.encoder).__name__} returned {_shapes(got)}; expected (loc, logvar, logits) with "
+                f"shapes {_shapes(expected)}, i.e. (B, K, D), (B, K, D), (B, K) for K={k} components, D={d} latents"
+            )
         self._unchecked["encoder"] = False
 
     def _check_decoder_output(self, z: torch.Tensor, params) -> None:
         size = self.config.padded_size
         expected = (z.numel() // z.shape[-1], self.likelihood.param_channels, size, size)
         if _shape(params) != expected:
-            raise VaekitError(f"decoder {type(self.decoder).__name__} returned {_shapes([_shape(params)])}; expected likelihood parameters "
-                              f"of shape {expected}, i.e. (N, C', S, S) with C'=model.likelihood.param_channels, S=config.padded_size")
+            raise VaekitError(
+                f"decoder {type(self.decoder).__name__} returned {_shapes([_shape(params)])}; expected "
+                f"likelihood parameters "
+                f"of shape {expected}, i.e. (N, C', S, S) with C'=model.likelihood.param_channels, S=config.padded_size"
+            )
         self._unchecked["decoder"] = False
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,8 +146,13 @@ class VAE(nn.Module):
         """Mean images decoded from the posterior mean."""
         return self.decode(self.encode(x).mean).mean
 
-    def forward(self, x_input: torch.Tensor, x_target: torch.Tensor | None = None, iw_samples: int = 1,
-                estimator: str = "marginal"):
+    def forward(
+        self,
+        x_input: torch.Tensor,
+        x_target: torch.Tensor | None = None,
+        iw_samples: int = 1,
+        estimator: str = "marginal",
+    ):
         """The training bound's terms; a forward() so DistributedDataParallel can wrap it.
 
         estimator (TrainConfig.mixture_estimator) says how the mixture component is handled:
@@ -152,13 +174,27 @@ def decoder_channels(config: ModelConfig) -> int:
     return make_likelihood(config).param_channels
 
 
-def check_networks_given(config: ModelConfig, encoder: nn.Module | None, decoder: nn.Module | None,
-                         what: str = "this config", how: str = "VAE(config, encoder=..., decoder=...)") -> None:
+def check_networks_given(
+    config: ModelConfig,
+    encoder: nn.Module | None,
+    decoder: nn.Module | None,
+    what: str = "this config",
+    how: str = "VAE(config, encoder=..., decoder=...)",
+) -> None:
     """Refuses to build conv networks where `config` records a user's own (their weights would not fit)."""
-    missing = [f"{role} {name}" for role, name, given in (("encoder", config.custom_encoder, encoder), ("decoder", config.custom_decoder, decoder))
-               if name is not None and given is None]
+    missing = [
+        f"{role} {name}"
+        for role, name, given in (
+            ("encoder", config.custom_encoder, encoder),
+            ("decoder", config.custom_decoder, decoder),
+        )
+        if name is not None and given is None
+    ]
     if missing:
-        raise VaekitError(f"{what} uses its own networks ({', '.join(missing)}), which vaekit cannot rebuild; pass new instances of them: {how}")
+        raise VaekitError(
+            f"{what} uses its own networks ({', '.join(missing)}), which vaekit cannot rebuild; pass new "
+            f"instances of them: {how}"
+        )
 
 
 def _class_name(module: nn.Module | None) -> str | None:

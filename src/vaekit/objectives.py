@@ -142,7 +142,9 @@ def training_loss(terms: Terms, beta: float = 1.0, free_bits: float = 0.0) -> to
     """
     if terms.importance_weighted:
         if beta != 1.0 or free_bits > 0:
-            raise ValueError(f"beta ({beta}) and free bits ({free_bits}) apply to the ELBO only, not to an importance-weighted bound")
+            raise ValueError(
+                f"beta ({beta}) and free bits ({free_bits}) apply to the ELBO only, not to an importance-weighted bound"
+            )
         return -terms.elbo.mean()
     if free_bits > 0:
         if terms.kl_per_dim is None:

@@ -45,7 +45,9 @@ def arrays_sha256(values: PerImage) -> str:
     for name in ("index", *VALUES):
         array = getattr(values, name)
         if array is not None:
-            digest.update(name.encode() + np.ascontiguousarray(array, dtype="<i8" if name == "index" else "<f8").tobytes())
+            digest.update(
+                name.encode() + np.ascontiguousarray(array, dtype="<i8" if name == "index" else "<f8").tobytes()
+            )
     return digest.hexdigest()
 
 
@@ -53,7 +55,9 @@ def per_image_bytes(values: PerImage) -> bytes:
     """The npz file's contents."""
     arrays = {"index": values.index, "elbo": values.elbo, **({"nll": values.nll} if values.nll is not None else {})}
     if any(a.ndim != 1 or a.shape != values.index.shape for a in arrays.values()):
-        raise ValueError(f"per-image arrays must be 1-D and equally long, got {({k: a.shape for k, a in arrays.items()})}")
+        raise ValueError(
+            f"per-image arrays must be 1-D and equally long, got { ({k: a.shape for k, a in arrays.items()}) }"
+        )
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -72,18 +76,31 @@ def read_per_image(path: Path, expected_sha256: str | None = None) -> PerImage:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise VaekitError(f"{path} is not a readable npz file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                          f"run `vaekit evaluate {run}` again") from None
+        raise VaekitError(
+            f"{path} is not a readable npz file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"run `vaekit evaluate {run}` again"
+        ) from None
     missing = [k for k in ("index", "elbo") if k not in arrays]
     n = arrays["index"].shape if "index" in arrays else None
     if missing or any(a.ndim != 1 or a.shape != n for a in arrays.values()):
-        raise VaekitError(f"{path} does not hold equally long 1-D index, elbo (and nll) arrays; run `vaekit evaluate {run}` again")
+        raise VaekitError(
+            f"{path} does not hold equally long 1-D index, elbo (and nll) arrays; run `vaekit evaluate {run}` again"
+        )
     if not np.issubdtype(arrays["index"].dtype, np.integer) or any(
-            not np.issubdtype(arrays[k].dtype, np.floating) for k in VALUES if k in arrays):
-        raise VaekitError(f"{path} holds arrays of the wrong type (integer index, float values expected); run `vaekit evaluate {run}` again")
-    values = PerImage(index=arrays["index"].astype(np.int64), elbo=arrays["elbo"].astype(np.float64),
-                      nll=arrays["nll"].astype(np.float64) if "nll" in arrays else None)
+        not np.issubdtype(arrays[k].dtype, np.floating) for k in VALUES if k in arrays
+    ):
+        raise VaekitError(
+            f"{path} holds arrays of the wrong type (integer index, float values expected); run `vaekit "
+            f"evaluate {run}` again"
+        )
+    values = PerImage(
+        index=arrays["index"].astype(np.int64),
+        elbo=arrays["elbo"].astype(np.float64),
+        nll=arrays["nll"].astype(np.float64) if "nll" in arrays else None,
+    )
     if expected_sha256 is not None and arrays_sha256(values) != expected_sha256:
-        raise VaekitError(f"{path} does not belong to {run / 'evaluation.json'} (the SHA-256 of its numbers differs, e.g. an "
-                          f"interrupted evaluation); run `vaekit evaluate {run}` again")
+        raise VaekitError(
+            f"{path} does not belong to {run / 'evaluation.json'} (the SHA-256 of its numbers differs, e.g. an "
+            f"interrupted evaluation); run `vaekit evaluate {run}` again"
+        )
     return values

@@ -13,8 +13,7 @@ from .data import DatasetSplits
 from .errors import VaekitError
 from .interpolate import interpolate_run
 from .model import VAE
-from .plots import (plot_component_usage, plot_latent_scatter, plot_loss_curves, save_image_grid,
-                    save_reconstructions)
+from .plots import plot_component_usage, plot_latent_scatter, plot_loss_curves, save_image_grid, save_reconstructions
 from .runs import LoadedRun, load_run, load_run_data, read_metrics
 
 PICTURE_SEED = 4321  # the same prior draws every epoch, so samples.png shows the model change, not the noise
@@ -36,8 +35,13 @@ def refresh_pictures(run_dir: Path, model: VAE, data: DatasetSplits, device: tor
 
 
 @torch.no_grad()
-def write_latent_pictures(run_dir: str | Path, model: VAE, data: DatasetSplits, device: torch.device | None = None,
-                          n: int = LATENT_PICTURE_IMAGES) -> None:
+def write_latent_pictures(
+    run_dir: str | Path,
+    model: VAE,
+    data: DatasetSplits,
+    device: torch.device | None = None,
+    n: int = LATENT_PICTURE_IMAGES,
+) -> None:
     """latent_scatter.png (and component_usage.png for K>1) from the first n validation images.
 
     Validation, not test: the trainer draws these every epoch and never reads the test split.
@@ -48,7 +52,7 @@ def write_latent_pictures(run_dir: str | Path, model: VAE, data: DatasetSplits, 
     x = to_float(data.val.images[:n].to(device))
     means, weights = [], []
     for start in range(0, len(x), 500):
-        q = model.encode(x[start:start + 500])
+        q = model.encode(x[start : start + 500])
         means.append(q.mean.float().cpu())
         weights.append(q.weights.double().cpu())
     model.train(was_training)
@@ -66,8 +70,12 @@ def missing_pictures(run: LoadedRun, data: DatasetSplits) -> None:
         write_latent_pictures(run.path, run.model, data)
 
 
-def ensure_pictures(run_dir: str | Path, data: DatasetSplits | None = None, encoder: torch.nn.Module | None = None,
-                    decoder: torch.nn.Module | None = None) -> None:
+def ensure_pictures(
+    run_dir: str | Path,
+    data: DatasetSplits | None = None,
+    encoder: torch.nn.Module | None = None,
+    decoder: torch.nn.Module | None = None,
+) -> None:
     """Before a report: draws the latent pictures and interpolations a run lacks.
 
     Best effort: a run without a checkpoint, or whose data cannot be loaded here (or one with

@@ -81,9 +81,7 @@ def _images_to_uint8(images: Any) -> np.ndarray:
     if arr.ndim == 3:  # (N,H,W): grey without channel axis
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise ValueError(
-            f"images must have shape (N, C, H, W) with C in {{1, 3}}, got {tuple(arr.shape)}"
-        )
+        raise ValueError(f"images must have shape (N, C, H, W) with C in {{1, 3}}, got {tuple(arr.shape)}")
     if arr.shape[0] == 0:
         raise ValueError("no images to arrange (N == 0)")
     arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
@@ -154,16 +152,12 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) 
     return _grid_from_uint8(cells, nrow, padding)
 
 
-def save_image_grid(
-    images: torch.Tensor, path: str | os.PathLike[str], nrow: int | None = None
-) -> Path:
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike[str], nrow: int | None = None) -> Path:
     """Write :func:`image_grid` of ``images`` to ``path`` as PNG (atomically)."""
     return _save_array_png(image_grid(images, nrow=nrow), path)
 
 
-def save_reconstructions(
-    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike[str]
-) -> Path:
+def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     """Write originals and their reconstructions as alternating rows.
 
     Up to :data:`RECON_PER_ROW` (8) images per row: row 0 holds originals 0..7, row 1
@@ -174,8 +168,7 @@ def save_reconstructions(
     recon = _images_to_uint8(reconstructions)
     if orig.shape != recon.shape:
         raise ValueError(
-            f"originals {tuple(orig.shape)} and reconstructions {tuple(recon.shape)} "
-            "must have the same shape"
+            f"originals {tuple(orig.shape)} and reconstructions {tuple(recon.shape)} must have the same shape"
         )
     n = orig.shape[0]
     ncols = min(n, RECON_PER_ROW)
@@ -211,10 +204,7 @@ def save_interpolation(
             raise ValueError("all interpolation strips must hold images of the same shape")
     steps = max(s.shape[0] for s in cells)
     blank = np.full((1, *shape), int(round(PAD_VALUE * 255)), dtype=np.uint8)
-    padded = [
-        np.concatenate([s, np.repeat(blank, steps - s.shape[0], 0)]) if s.shape[0] < steps else s
-        for s in cells
-    ]
+    padded = [np.concatenate([s, np.repeat(blank, steps - s.shape[0], 0)]) if s.shape[0] < steps else s for s in cells]
     padding = 2
     grid = _grid_from_uint8(np.concatenate(padded), steps, padding)
     if not labels:
@@ -421,8 +411,11 @@ def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str],
     p = w / w.sum()
     nz = p[p > 0]
     entropy = float(-(nz * np.log(nz)).sum())
-    history = [(x, _to_float(r.get("usage_entropy")), _to_float(r.get("usage_image_entropy")))
-               for i, r in enumerate(rows) for x in [_to_float(r.get("epoch")) or float(i + 1)]]
+    history = [
+        (x, _to_float(r.get("usage_entropy")), _to_float(r.get("usage_image_entropy")))
+        for i, r in enumerate(rows)
+        for x in [_to_float(r.get("epoch")) or float(i + 1)]
+    ]
     history = [h for h in history if h[1] is not None and h[2] is not None]
 
     fig = _new_figure((max(6.0, 0.45 * k + 2.0) + (5.0 if history else 0.0), 4.0))
@@ -445,8 +438,17 @@ def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str],
         ax = axes[1]
         epochs = np.asarray([h[0] for h in history])
         marker = "o" if len(history) <= 60 else None
-        ax.plot(epochs, np.exp([h[1] for h in history]), marker=marker, markersize=4, label="data set: exp H(mean weights)")
-        ax.plot(epochs, np.exp([h[2] for h in history]), "--", marker=marker, markersize=4, label="per image: exp mean H(weights)")
+        ax.plot(
+            epochs, np.exp([h[1] for h in history]), marker=marker, markersize=4, label="data set: exp H(mean weights)"
+        )
+        ax.plot(
+            epochs,
+            np.exp([h[2] for h in history]),
+            "--",
+            marker=marker,
+            markersize=4,
+            label="per image: exp mean H(weights)",
+        )
         ax.axhline(k, color="grey", linestyle=":", linewidth=1)
         ax.set_ylim(0.9, k + 0.3)
         ax.set_xlabel("epoch")

@@ -35,8 +35,13 @@ class StandardNormalDistribution(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, latent_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None,
-                 validate_args: bool | None = None) -> None:
+    def __init__(
+        self,
+        latent_size: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         self.latent_size, self.device, self.dtype = latent_size, device, dtype
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([latent_size]), validate_args=validate_args)
 
@@ -77,7 +82,9 @@ class StandardNormalPrior(nn.Module):
         return cls(config.latent_size)
 
     def forward(self, encode: Callable | None = None) -> StandardNormalDistribution:
-        return StandardNormalDistribution(self.latent_size, self._anchor.device, self._anchor.dtype, validate_args=False)
+        return StandardNormalDistribution(
+            self.latent_size, self._anchor.device, self._anchor.dtype, validate_args=False
+        )
 
 
 @register_prior("mog", uses=("prior_components",), help="a learned mixture of Gaussians")
@@ -108,7 +115,11 @@ def running_stats_only(module: nn.Module | None) -> Iterator[None]:
     Inside, BatchNorm normalises with its running statistics and leaves them untouched.
     Everything else (dropout, if any) keeps its mode.
     """
-    norms = [m for m in (module.modules() if module is not None else ()) if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    norms = [
+        m
+        for m in (module.modules() if module is not None else ())
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
     for m in norms:
         m.train(False)
     try:
@@ -118,7 +129,9 @@ def running_stats_only(module: nn.Module | None) -> Iterator[None]:
             m.train(True)
 
 
-@register_prior("vamp", uses=("prior_components",), help="the VampPrior, a mixture of posteriors of learned pseudo-inputs")
+@register_prior(
+    "vamp", uses=("prior_components",), help="the VampPrior, a mixture of posteriors of learned pseudo-inputs"
+)
 class VampPrior(nn.Module):
     """p(z) = 1/M sum_m q(z|u_m) over M learnable pseudo-inputs u_m = sigmoid(a_m) (M, C, S, S).
 
@@ -141,7 +154,7 @@ class VampPrior(nn.Module):
         # Real data of 28 pixels sits in a zero frame of the 32-pixel network input; the
         # pseudo-inputs get the same frame so they live where the encoder has seen data.
         mask = torch.zeros(1, 1, size, size)
-        mask[..., border:size - border, border:size - border] = 1.0
+        mask[..., border : size - border, border : size - border] = 1.0
         self.register_buffer("frame", mask, persistent=False)
 
     @classmethod
@@ -165,7 +178,9 @@ class VampPrior(nn.Module):
         # Weight of component (m, k) is w_k(u_m) / M; the 1/M is a constant shift of every
         # logit, which the softmax inside MixtureOfGaussians absorbs.
         log_w = torch.log_softmax(q.logits, -1) - math.log(m)  # (M, K)
-        return MixtureOfGaussians(q.loc.reshape(m * k, d), q.scale.reshape(m * k, d), log_w.reshape(m * k), validate_args=False)
+        return MixtureOfGaussians(
+            q.loc.reshape(m * k, d), q.scale.reshape(m * k, d), log_w.reshape(m * k), validate_args=False
+        )
 
 
 def make_prior(config: ModelConfig) -> nn.Module:
@@ -174,6 +189,11 @@ def make_prior(config: ModelConfig) -> nn.Module:
 
 
 __all__ = [
-    "StandardNormalPrior", "StandardNormalDistribution", "MixtureOfGaussiansPrior", "VampPrior",
-    "running_stats_only", "make_prior", "MixtureOfGaussians",
+    "StandardNormalPrior",
+    "StandardNormalDistribution",
+    "MixtureOfGaussiansPrior",
+    "VampPrior",
+    "running_stats_only",
+    "make_prior",
+    "MixtureOfGaussians",
 ]

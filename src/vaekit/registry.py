@@ -51,11 +51,16 @@ class PriorSpec:
 
 _LIKELIHOODS: dict[str, LikelihoodSpec] = {}
 _PRIORS: dict[str, PriorSpec] = {}
-_BUILT_IN = ("vaekit.likelihoods", "vaekit.discretised_logistic", "vaekit.priors")  # modules whose import registers the built-ins
+_BUILT_IN = (
+    "vaekit.likelihoods",
+    "vaekit.discretised_logistic",
+    "vaekit.priors",
+)  # modules whose import registers the built-ins
 
 
-def register_likelihood(name: str, *, discrete: bool, data: str, uses: tuple[str, ...] = (), title: str = "",
-                        help: str = "") -> Callable[[T], T]:
+def register_likelihood(
+    name: str, *, discrete: bool, data: str, uses: tuple[str, ...] = (), title: str = "", help: str = ""
+) -> Callable[[T], T]:
     """Class decorator: makes `name` a valid ModelConfig.likelihood built by cls.from_config(config)."""
     if data not in DATA_KINDS:
         raise ValueError(f"likelihood {name!r}: data must be one of {', '.join(DATA_KINDS)}, got {data!r}")
@@ -121,7 +126,10 @@ def prior_help() -> str:
 
 def _buildable(cls: Any, name: str) -> Any:
     if not callable(getattr(cls, "from_config", None)):
-        raise TypeError(f"{name!r}: {getattr(cls, '__name__', cls)!r} needs a from_config(model_config) classmethod to be registered")
+        raise TypeError(
+            f"{name!r}: {getattr(cls, '__name__', cls)!r} needs a from_config(model_config) classmethod "
+            f"to be registered"
+        )
     return cls
 
 
@@ -129,7 +137,10 @@ def _add(table: dict, spec: Any, kind: str) -> None:
     known = table.get(spec.name)
     # Re-registering the same class is harmless (a module imported twice, e.g. under two names);
     # a second class under a taken name would silently change what configs build.
-    if known is not None and (known.cls.__module__, known.cls.__qualname__) != (spec.cls.__module__, spec.cls.__qualname__):
+    if known is not None and (known.cls.__module__, known.cls.__qualname__) != (
+        spec.cls.__module__,
+        spec.cls.__qualname__,
+    ):
         raise ValueError(f"{kind} {spec.name!r} is already registered by {known.cls.__qualname__}; unregister it first")
     table[spec.name] = spec
 

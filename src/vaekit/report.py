@@ -28,8 +28,7 @@ PICTURES: tuple[tuple[str, str, str], ...] = (
     (
         "loss_curves.png",
         "Loss curves",
-        "ELBO, reconstruction term and KL divergence per epoch, training (solid) and "
-        "validation (dashed), in nats.",
+        "ELBO, reconstruction term and KL divergence per epoch, training (solid) and validation (dashed), in nats.",
     ),
     ("samples.png", "Samples", "Images decoded from latent codes drawn from the prior."),
     (
@@ -145,8 +144,11 @@ def _fmt_value(value: Any) -> tuple[str, bool]:
         return _fmt_number(value), True
     if isinstance(value, str):
         return value, False
-    if isinstance(value, list) and value and len(value) <= 16 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, list)
+        and value
+        and len(value) <= 16
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         return "[" + ", ".join(_fmt_number(v) for v in value) + "]", False
     return json.dumps(value, ensure_ascii=False), False
@@ -187,8 +189,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise VaekitError(
-            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
-            "re-run the command that wrote it"
+            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run the command that wrote it"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise VaekitError(f"cannot read {path}: {exc}") from None
@@ -231,8 +232,9 @@ def _best_row(rows: list[dict[str, str]]) -> tuple[int, str] | None:
     """Index of the best validation row and a description of the criterion."""
     for prefix in ("val", "train"):
         scored = [
-            (i, v) for i, r in enumerate(rows) if (v := _parse_cell(r.get(f"{prefix}_elbo"))) is not None
-            and math.isfinite(v)
+            (i, v)
+            for i, r in enumerate(rows)
+            if (v := _parse_cell(r.get(f"{prefix}_elbo"))) is not None and math.isfinite(v)
         ]
         if not scored:
             continue
@@ -349,8 +351,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     config_path = run / "config.json"
     if not config_path.is_file():
         raise VaekitError(
-            f"{run} is not a vaekit run directory (no config.json); "
-            "pass the folder `vaekit train --out` wrote"
+            f"{run} is not a vaekit run directory (no config.json); pass the folder `vaekit train --out` wrote"
         )
     config = _read_json(config_path)
     name = None

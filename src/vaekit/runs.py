@@ -23,10 +23,18 @@ from .usage import USAGE_COLUMNS
 CONFIG = "config.json"
 METRICS = "metrics.csv"
 METRIC_COLUMNS = [
-    "epoch", "step", "objective",
-    "train_elbo", "train_recon", "train_kl", "train_loss",
-    "val_elbo", "val_recon", "val_kl",
-    "seconds", "images_per_s",
+    "epoch",
+    "step",
+    "objective",
+    "train_elbo",
+    "train_recon",
+    "train_kl",
+    "train_loss",
+    "val_elbo",
+    "val_recon",
+    "val_kl",
+    "seconds",
+    "images_per_s",
 ]
 
 
@@ -48,16 +56,24 @@ def check_run_dir(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise VaekitError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --out` wrote")
     if not (run_dir / CONFIG).is_file():
-        raise VaekitError(f"{run_dir} is not a vaekit run directory (no {CONFIG}); "
-                          "pass the folder `vaekit train --out` wrote")
+        raise VaekitError(
+            f"{run_dir} is not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote"
+        )
     if not has_checkpoint(run_dir, "latest"):
-        raise VaekitError(f"{run_dir} has no checkpoint yet; "
-                          "train it (or resume it) until an epoch or --checkpoint-every step completes")
+        raise VaekitError(
+            f"{run_dir} has no checkpoint yet; "
+            "train it (or resume it) until an epoch or --checkpoint-every step completes"
+        )
     return run_dir
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
-             encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+) -> LoadedRun:
     """The model of a finished (or interrupted) run, in eval mode, on `device`.
 
     A run trained with its own networks (VAE(config, encoder=..., decoder=...)) needs fresh
@@ -65,8 +81,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     """
     run_dir = check_run_dir(run_dir)
     config = RunConfig.load(run_dir / CONFIG)
-    check_networks_given(config.model, encoder, decoder, what=str(run_dir),
-                         how="vaekit.load_run(path, encoder=..., decoder=...)")
+    check_networks_given(
+        config.model, encoder, decoder, what=str(run_dir), how="vaekit.load_run(path, encoder=..., decoder=...)"
+    )
     if which == "best" and not has_checkpoint(run_dir, "best"):
         which = "latest"
     ckpt = load_checkpoint(run_dir, which)
@@ -78,8 +95,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
 
 def load_run_data(config: RunConfig) -> DatasetSplits:
     """The dataset a run was trained on, split as it was (the same validation size)."""
-    return load_dataset(config.data.dataset, config.data.data_dir, image_size=config.dataset_image_size(),
-                        val_size=config.data.val_size)
+    return load_dataset(
+        config.data.dataset, config.data.data_dir, image_size=config.dataset_image_size(), val_size=config.data.val_size
+    )
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -51,7 +51,7 @@ def _kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int) -> torch.Te
         raise ValueError(f"need more than k={k} points for k-NN radii, got {features.shape[0]}")
     out = []
     for start in range(0, features.shape[0], chunk):
-        d = torch.cdist(features[start:start + chunk], features)  # (c, N)
+        d = torch.cdist(features[start : start + chunk], features)  # (c, N)
         # k+1 smallest: the first is the point itself (distance 0)
         out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(out)
@@ -61,7 +61,7 @@ def _fraction_inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.T
     """Fraction of `points` inside at least one ball (centre_i, radius_i)."""
     inside = []
     for start in range(0, points.shape[0], chunk):
-        d = torch.cdist(points[start:start + chunk], centres)  # (c, M)
+        d = torch.cdist(points[start : start + chunk], centres)  # (c, M)
         inside.append((d <= radii).any(1))
     return float(torch.cat(inside).double().mean())
 

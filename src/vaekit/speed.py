@@ -44,8 +44,12 @@ def fast_networks(model: nn.Module) -> nn.Module:
         fused = twin(_without_autocast(model.encoder), FusedHeadsConvEncoder)
         model.encoder = twin(fused, _autocast_class(FusedHeadsConvEncoder)) if autocast else fused
     if _plain_type(model.decoder) is ConvDecoder:
-        convs = [(parent, name, child) for parent in model.decoder.modules() for name, child in parent.named_children()
-                 if MatmulConvTranspose2d.applies_to(child)]
+        convs = [
+            (parent, name, child)
+            for parent in model.decoder.modules()
+            for name, child in parent.named_children()
+            if MatmulConvTranspose2d.applies_to(child)
+        ]
         for parent, name, child in convs:
             setattr(parent, name, twin(child, MatmulConvTranspose2d))
     return model
@@ -113,6 +117,7 @@ def full_precision(model: nn.Module) -> Iterator[nn.Module]:
             network = getattr(model, name)
             setattr(model, name, twin(network, _autocast_class(type(network))))
 
+
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
@@ -167,8 +172,13 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     """A pair _fold_pair computes exactly. Anything else in a user's network (a BatchNorm
     without running statistics, a grouped transposed conv, a subclass that changes forward)
     is left as it is: the copy is then merely slower, never different."""
-    return (type(conv) in _CONVS + (MatmulConvTranspose2d,) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-            and bn.running_mean is not None and not (isinstance(conv, nn.ConvTranspose2d) and conv.groups != 1))
+    return (
+        type(conv) in _CONVS + (MatmulConvTranspose2d,)
+        and type(bn) is nn.BatchNorm2d
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and not (isinstance(conv, nn.ConvTranspose2d) and conv.groups != 1)
+    )
 
 
 def compile_networks(model: nn.Module, mode: str | None = None) -> nn.Module:
@@ -182,7 +192,9 @@ def compile_networks(model: nn.Module, mode: str | None = None) -> nn.Module:
     return model
 
 
-def inference_model(model: nn.Module, fold: bool = True, channels_last: bool = True, compile: bool = False, mode: str | None = None) -> nn.Module:
+def inference_model(
+    model: nn.Module, fold: bool = True, channels_last: bool = True, compile: bool = False, mode: str | None = None
+) -> nn.Module:
     """The copy to evaluate with: eval mode, fast twins, BatchNorm folded, channels_last;
     compiled if asked. The original is not touched.
 

@@ -83,8 +83,9 @@ def kl_weight(config: RunConfig, epoch: int, progress_in_epoch: float) -> float:
 # --------------------------------------------------------------------------- building the trainer
 
 
-def build_trainer(config: RunConfig, given: VAE | None, resumed_from: Path | None, ctx: DistContext,
-                  device: torch.device) -> Trainer:
+def build_trainer(
+    config: RunConfig, given: VAE | None, resumed_from: Path | None, ctx: DistContext, device: torch.device
+) -> Trainer:
     """The model (seeded: the same seed gives the same initial weights) and its optimizer.
 
     `given` is the caller's own VAE, checked against config.model; `resumed_from` only words the
@@ -128,15 +129,19 @@ def _model_to_train(config: RunConfig, given: VAE | None, resumed_from: Path | N
         check_networks_given(config.model, None, None, what=what, how=how)
         return VAE(config.model)
     if not isinstance(given, VAE):
-        raise VaekitError(f"model= must be a vaekit.VAE, got {type(given).__name__}; "
-                          "wrap your networks: VAE(config.model, encoder=..., decoder=...)")
+        raise VaekitError(
+            f"model= must be a vaekit.VAE, got {type(given).__name__}; "
+            "wrap your networks: VAE(config.model, encoder=..., decoder=...)"
+        )
     for f in dataclasses.fields(config.model):
         if f.name in ("custom_encoder", "custom_decoder"):
             continue
         wanted, built = getattr(config.model, f.name), getattr(given.config, f.name)
         if wanted != built:
-            raise VaekitError(f"model= was built with {f.name}={built!r} but the config (and its data) has {wanted!r}; "
-                              "build the VAE from this config.model")
+            raise VaekitError(
+                f"model= was built with {f.name}={built!r} but the config (and its data) has {wanted!r}; "
+                "build the VAE from this config.model"
+            )
     config.model = given.config  # config.json records the user's networks' class names
     return given
 

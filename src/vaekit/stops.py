@@ -89,8 +89,9 @@ class StepChecks:
 class Stops:
     """Owns every reason to stop early; `check` settles them all in one host sync."""
 
-    def __init__(self, model: VAE, settings: TrainConfig, ctx: DistContext, run_dir: Path,
-                 device: torch.device) -> None:
+    def __init__(
+        self, model: VAE, settings: TrainConfig, ctx: DistContext, run_dir: Path, device: torch.device
+    ) -> None:
         self.model, self.settings, self.ctx, self.run_dir = model, settings, ctx, run_dir
         self.checks = StepChecks(check_every(device, settings.detect_anomaly), device)
         self.signals = _SignalFlag()
@@ -127,8 +128,11 @@ class Stops:
 
     def interrupted(self, step: int) -> TrainingInterrupted:
         code = 143 if self.signals.signum == signal.SIGTERM else 130  # 128 + the signal, as shells report it
-        return TrainingInterrupted(code, f"vaekit: interrupted after step {step}; checkpoint saved; "
-                                         f"continue with `vaekit train --resume {self.run_dir}`")
+        return TrainingInterrupted(
+            code,
+            f"vaekit: interrupted after step {step}; checkpoint saved; "
+            f"continue with `vaekit train --resume {self.run_dir}`",
+        )
 
     def _non_finite(self, settled: Settled, x: torch.Tensor | None) -> VaekitError:
         """The one-line error for a NaN/inf, naming the step and the term (reconstruction or KL);

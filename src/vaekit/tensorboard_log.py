@@ -51,7 +51,9 @@ class TensorBoardLogger:
         self.writer.add_images("reconstructions", torch.cat([originals, recon]).clamp(0, 1), epoch)
         means = model.encode(x).mean.float().cpu()
         labels = data.val.labels[:EMBEDDING_IMAGES].tolist() if data.val.labels is not None else None
-        self.writer.add_embedding(means, metadata=labels, label_img=model.crop(x).float().cpu(), global_step=epoch, tag="posterior_mean")
+        self.writer.add_embedding(
+            means, metadata=labels, label_img=model.crop(x).float().cpu(), global_step=epoch, tag="posterior_mean"
+        )
         model.train(was_training)
         self.writer.flush()
 

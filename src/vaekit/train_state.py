@@ -91,8 +91,10 @@ def save_training(run_dir: Path, trainer: Trainer, state: TrainState, device: to
     try:
         save_checkpoint(run_dir, trainer.model.state_dict(), meta, training, pointers=pointers)
     except OSError as exc:  # disk full, folder removed: the previous checkpoint is still whole
-        raise VaekitError(f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}); "
-                          "the previous one is kept; free space and resume") from None
+        raise VaekitError(
+            f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}); "
+            "the previous one is kept; free space and resume"
+        ) from None
 
 
 def restore_training(run_dir: Path, trainer: Trainer, device: torch.device) -> TrainState:

@@ -123,7 +123,7 @@ def _fit(run: Run, progress: bool) -> None:
     t = run.settings
     stops = Stops(run.trainer.model, t, run.trainer.ctx, run.run_dir, run.device)
     try:
-        with stops, (torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext()):
+        with stops, torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext():
             while run.state.epoch < t.epochs:
                 stop = _train_epoch(run, stops, progress)
                 if stop is Stop.SIGNAL:
@@ -146,9 +146,11 @@ def _train_epoch(run: Run, stops: Stops, progress: bool) -> Stop | None:
             _show_progress(bar, epoch, state.position, stops.every)
     if state.position < epoch.batches:  # stopped mid-epoch; the checkpoint saved then resumes exactly
         if stop is Stop.BUDGET and run.trainer.ctx.is_master:
-            print(f"vaekit: time budget of {run.settings.max_minutes:g} minutes used up after step {state.step} "
-                  f"(epoch {epoch.number + 1}, batch {state.position}/{epoch.batches}); checkpoint saved",
-                  file=sys.stderr)
+            print(
+                f"vaekit: time budget of {run.settings.max_minutes:g} minutes used up after step {state.step} "
+                f"(epoch {epoch.number + 1}, batch {state.position}/{epoch.batches}); checkpoint saved",
+                file=sys.stderr,
+            )
         return stop
     _end_epoch(run, epoch.sums, epoch.seconds())
     return stop  # a stop on the epoch's last step: its checkpoint is the epoch's
@@ -167,7 +169,7 @@ def _train_batch(run: Run, stops: Stops, epoch: Epoch) -> Stop | None:
     """Batch -> step -> accumulate -> maybe save; returns why to stop, if training should."""
     state, t = run.state, run.settings
     i = state.position
-    index = epoch.order[i * run.local_batch:(i + 1) * run.local_batch]
+    index = epoch.order[i * run.local_batch : (i + 1) * run.local_batch]
     x = make_batch(run.images, index, run.config.data.binarize, run.memory_format)
     lr = t.lr_at(state.step, t.epochs * epoch.batches)
     out = training_step(run.trainer, x, lr, kl_weight(run.config, epoch.number, i / epoch.batches))
@@ -192,8 +194,14 @@ def _accumulate(run: Run, stops: Stops, epoch: Epoch, out: StepOutput, images: i
 
 
 def _progress_bar(run: Run, epoch: Epoch, progress: bool) -> tqdm:
-    return tqdm(total=epoch.batches, initial=run.state.position, desc=f"epoch {epoch.number + 1}/{run.settings.epochs}",
-                disable=not (progress and run.trainer.ctx.is_master), leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=epoch.batches,
+        initial=run.state.position,
+        desc=f"epoch {epoch.number + 1}/{run.settings.epochs}",
+        disable=not (progress and run.trainer.ctx.is_master),
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _show_progress(bar: tqdm, epoch: Epoch, position: int, every: int) -> None:
@@ -222,9 +230,12 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
     refresh_pictures(run.run_dir, run.trainer.model, run.data, run.device)
     if run.tb:
         run.tb.epoch(state.epoch, run.trainer.model, run.data, row)
-    print(f"epoch {state.epoch}/{run.settings.epochs}  train {row['objective']} {row['train_elbo']:.2f}  "
-          f"val elbo {row['val_elbo']:.2f} (recon {row['val_recon']:.2f}, kl {row['val_kl']:.2f})  "
-          f"{seconds:.1f}s  {row['images_per_s']:.0f} img/s", file=sys.stderr)
+    print(
+        f"epoch {state.epoch}/{run.settings.epochs}  train {row['objective']} {row['train_elbo']:.2f}  "
+        f"val elbo {row['val_elbo']:.2f} (recon {row['val_recon']:.2f}, kl {row['val_kl']:.2f})  "
+        f"{seconds:.1f}s  {row['images_per_s']:.0f} img/s",
+        file=sys.stderr,
+    )
 
 
 def _metrics_row(run: Run, totals: EpochSums, seconds: float) -> dict[str, Any]:
@@ -232,12 +243,18 @@ def _metrics_row(run: Run, totals: EpochSums, seconds: float) -> dict[str, Any]:
     model, binarize = run.trainer.model, run.config.data.binarize
     val = bound_means(model, run.val_images, 256, binarize, VALIDATION_SEED, run.trainer.ctx)
     row = {
-        "epoch": run.state.epoch + 1, "step": run.state.step,
+        "epoch": run.state.epoch + 1,
+        "step": run.state.step,
         "objective": run.settings.objective_name,  # what train_elbo holds
-        "train_elbo": totals.mean("elbo"), "train_recon": totals.mean("recon"), "train_kl": totals.mean("kl"),
+        "train_elbo": totals.mean("elbo"),
+        "train_recon": totals.mean("recon"),
+        "train_kl": totals.mean("kl"),
         "train_loss": totals.mean("loss"),
-        "val_elbo": val["elbo"], "val_recon": val["recon"], "val_kl": val["kl"],
-        "seconds": seconds, "images_per_s": totals.images / seconds,
+        "val_elbo": val["elbo"],
+        "val_recon": val["recon"],
+        "val_kl": val["kl"],
+        "seconds": seconds,
+        "images_per_s": totals.images / seconds,
     }
     if run.config.model.components > 1:  # is the mixture collapsing? (the report plots these over epochs)
         x_val = binarize_fixed(run.val_images, VALIDATION_SEED) if binarize else to_float(run.val_images)
@@ -249,8 +266,9 @@ def _metrics_row(run: Run, totals: EpochSums, seconds: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- opening a run
 
 
-def _open_run(config: RunConfig, run_dir: Path, resuming: bool, data: DatasetSplits | None, given: VAE | None,
-              ctx: DistContext) -> Run:
+def _open_run(
+    config: RunConfig, run_dir: Path, resuming: bool, data: DatasetSplits | None, given: VAE | None, ctx: DistContext
+) -> Run:
     """Checks the folder and the data, then builds the trainer and the state (new, or from the checkpoint)."""
     t = config.train
     device = _local_device(resolve_device(t.device), ctx)
@@ -258,8 +276,10 @@ def _open_run(config: RunConfig, run_dir: Path, resuming: bool, data: DatasetSpl
         prepare_run_dir(run_dir)  # every rank checks (it only reads) ...
         ctx.barrier()  # ... before rank 0 writes config.json, which a late rank would take for an existing run
     elif not has_checkpoint(run_dir):
-        raise VaekitError(f"{run_dir} has no checkpoint to resume from; "
-                          f"start it again with `vaekit train --out {run_dir}` after removing it")
+        raise VaekitError(
+            f"{run_dir} has no checkpoint to resume from; "
+            f"start it again with `vaekit train --out {run_dir}` after removing it"
+        )
     data = data or load_run_data(config)
     config.model.image_size, config.model.channels = data.image_size, data.channels
     images = data.train.images[: config.data.train_subset] if config.data.train_subset else data.train.images
@@ -271,8 +291,19 @@ def _open_run(config: RunConfig, run_dir: Path, resuming: bool, data: DatasetSpl
         trainer.net = data_parallel(trainer.model, device)
     log = WeightHashLog(ctx.rank)
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
-    run = Run(config, run_dir, data, images.to(device), data.val.images.to(device), trainer, state, device,
-              memory_format(t, trainer.model), log, tb)
+    run = Run(
+        config,
+        run_dir,
+        data,
+        images.to(device),
+        data.val.images.to(device),
+        trainer,
+        state,
+        device,
+        memory_format(t, trainer.model),
+        log,
+        tb,
+    )
     if ctx.is_master and not t.is_elbo:
         print(f"vaekit: training a {t.objective_name}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
     return run

@@ -42,6 +42,6 @@ def posterior_weights(model, images: torch.Tensor, batch_size: int = 500) -> tor
     """q(z|x)'s mixture weights (N, K) for float images (N, C, S, S), in eval mode."""
     was_training = model.training
     model.eval()
-    weights = [model.encode(images[i:i + batch_size]).weights.double() for i in range(0, len(images), batch_size)]
+    weights = [model.encode(images[i : i + batch_size]).weights.double() for i in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(weights)

@@ -16,8 +16,7 @@ import numpy as np
 from vaekit.errors import VaekitError
 
 GZIP_MAGIC = b"\x1f\x8b"
-_TYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short",
-               0x0C: "int", 0x0D: "float", 0x0E: "double"}
+_TYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
 _FIX = "re-download it or point --data-dir elsewhere"
 
 
@@ -30,8 +29,9 @@ def read_idx_bytes(path: str | os.PathLike) -> bytes:
     except FileNotFoundError:
         raise VaekitError(f"{name}: file not found; check the path or point --data-dir elsewhere") from None
     except OSError as e:
-        raise VaekitError(f"{name}: cannot read file ({e.strerror or e}); check its permissions "
-                          f"or point --data-dir elsewhere") from None
+        raise VaekitError(
+            f"{name}: cannot read file ({e.strerror or e}); check its permissions or point --data-dir elsewhere"
+        ) from None
     if not raw:
         raise VaekitError(f"{name}: empty file; {_FIX}")
     if raw[:2] == GZIP_MAGIC:
@@ -55,8 +55,10 @@ def parse_idx(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np
         raise VaekitError(f"{name}: not an IDX file (bad magic number 0x{bytes(data[:4]).hex()}); {_FIX}")
     if type_code != 0x08:
         kind = _TYPE_NAMES.get(type_code, "unknown")
-        raise VaekitError(f"{name}: unsupported IDX type code 0x{type_code:02x} ({kind}); only 0x08 "
-                          f"(unsigned byte) is supported; {_FIX}")
+        raise VaekitError(
+            f"{name}: unsupported IDX type code 0x{type_code:02x} ({kind}); only 0x08 "
+            f"(unsigned byte) is supported; {_FIX}"
+        )
     if not 1 <= ndim <= 4:
         raise VaekitError(f"{name}: IDX file has {ndim} dimensions (expected 1 to 4); {_FIX}")
     header = 4 + 4 * ndim
@@ -69,8 +71,9 @@ def parse_idx(data: bytes | bytearray | memoryview, name: str = "<bytes>") -> np
     if n < expected:
         raise VaekitError(f"{name}: truncated IDX file (expected {expected} bytes, found {n}); {_FIX}")
     if n > expected:
-        raise VaekitError(f"{name}: IDX file has {n - expected} trailing bytes (expected {expected} bytes, "
-                          f"found {n}); {_FIX}")
+        raise VaekitError(
+            f"{name}: IDX file has {n - expected} trailing bytes (expected {expected} bytes, found {n}); {_FIX}"
+        )
     return np.frombuffer(data, dtype=np.uint8, count=expected - header, offset=header).reshape(dims)
 
 

@@ -27,14 +27,16 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"ImageSet.images must be uint8 (N, C, S, S), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"ImageSet.images must be uint8 (N, C, S, S), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         self.images = self.images.contiguous()
         if self.labels is not None:
             self.labels = self.labels.to(torch.int64).contiguous()
             if self.labels.shape != (self.images.shape[0],):
-                raise ValueError(f"ImageSet.labels must have shape ({self.images.shape[0]},), "
-                                 f"got {tuple(self.labels.shape)}")
+                raise ValueError(
+                    f"ImageSet.labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
+                )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -60,11 +62,14 @@ class DatasetSplits:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def check_image_size(image_size: int | None, default: int = 32) -> int:
     size = default if image_size is None else int(image_size)
     if size not in IMAGE_SIZES:
-        raise VaekitError(f"image size {size} is not supported; use one of "
-                          f"{', '.join(map(str, IMAGE_SIZES))} (28 is zero-padded to 32)")
+        raise VaekitError(
+            f"image size {size} is not supported; use one of "
+            f"{', '.join(map(str, IMAGE_SIZES))} (28 is zero-padded to 32)"
+        )
     return size
 
 
@@ -80,7 +85,7 @@ def pad_images(images: np.ndarray, size: int) -> torch.Tensor:
         return torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
     off_h, off_w = (size - h) // 2, (size - w) // 2
     out = np.zeros((n, c, size, size), dtype=np.uint8)
-    out[:, :, off_h:off_h + h, off_w:off_w + w] = images
+    out[:, :, off_h : off_h + h, off_w : off_w + w] = images
     return torch.from_numpy(out)
 
 
@@ -104,8 +109,11 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     shrink = images.shape[2] > size
     out = []
     for chunk in torch.split(x, 4096):  # bounded memory for big sets
-        out.append(torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear",
-                                                   align_corners=False, antialias=shrink))
+        out.append(
+            torch.nn.functional.interpolate(
+                chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+            )
+        )
     y = torch.cat(out).round_().clamp_(0, 255).to(torch.uint8)
     return y.numpy()
 
@@ -122,14 +130,19 @@ def split_off_validation(n: int, val_size: int | None, default: int, what: str) 
     n_val = default if val_size is None else val_size
     if n_val >= n:
         if val_size is None:
-            raise VaekitError(f"{what}: only {n} training images, need more than {n_val} for the "
-                              f"validation split; re-download it")
-        raise VaekitError(f"--val-size {n_val} leaves no training images: {what} has {n} images to split "
-                          f"between training and validation; use a --val-size below {n}")
+            raise VaekitError(
+                f"{what}: only {n} training images, need more than {n_val} for the validation split; re-download it"
+            )
+        raise VaekitError(
+            f"--val-size {n_val} leaves no training images: {what} has {n} images to split "
+            f"between training and validation; use a --val-size below {n}"
+        )
     return n - n_val
 
 
-def random_split(n: int, seed: int, what: str, val_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def random_split(
+    n: int, seed: int, what: str, val_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic split of range(n), indices sorted: 80/10/10 (at least one item in each
     part), or `val_size` validation items with the test part unchanged: it is the permutation's
     tail, so the test set does not depend on the validation size."""
@@ -139,13 +152,22 @@ def random_split(n: int, seed: int, what: str, val_size: int | None = None) -> t
     n_test = max(1, n // 10)
     n_train = split_off_validation(n - n_test, val_size, max(1, n // 10), what)
     n_val = n - n_test - n_train
-    return (np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val]),
-            np.sort(perm[n_train + n_val:]))
+    return (np.sort(perm[:n_train]), np.sort(perm[n_train : n_train + n_val]), np.sort(perm[n_train + n_val :]))
 
 
-def make_splits(name: str, images: np.ndarray, labels: np.ndarray | None, *, image_size: int,
-                channels: int, class_names: list[str] | None, checksum: str, source: str,
-                seed: int, val_size: int | None = None) -> DatasetSplits:
+def make_splits(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    image_size: int,
+    channels: int,
+    class_names: list[str] | None,
+    checksum: str,
+    source: str,
+    seed: int,
+    val_size: int | None = None,
+) -> DatasetSplits:
     """images: uint8 (N, C, image_size, image_size) -> 80/10/10 DatasetSplits padded as needed
     (`val_size` validation images instead of a tenth, see random_split)."""
     padded = padded_size(image_size)
@@ -156,9 +178,18 @@ def make_splits(name: str, images: np.ndarray, labels: np.ndarray | None, *, ima
         return ImageSet(pad_images(images[idx], padded), lab)
 
     train, val, test = (subset(i) for i in parts)
-    return DatasetSplits(name=name, train=train, val=val, test=test, image_size=image_size,
-                         padded_size=padded, channels=channels, class_names=class_names,
-                         checksum=checksum, source=source)
+    return DatasetSplits(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        image_size=image_size,
+        padded_size=padded,
+        channels=channels,
+        class_names=class_names,
+        checksum=checksum,
+        source=source,
+    )
 
 
 def cache_dir(name: str) -> Path:
@@ -176,6 +207,7 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- folder:PATH
+
 
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
@@ -204,8 +236,9 @@ def _fit_square(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def load_folder(path: str, image_size: int | None, channels: int | None, seed: int,
-                val_size: int | None = None) -> DatasetSplits:
+def load_folder(
+    path: str, image_size: int | None, channels: int | None, seed: int, val_size: int | None = None
+) -> DatasetSplits:
     from PIL import Image
 
     root = Path(os.path.expanduser(path))
@@ -258,16 +291,19 @@ def load_folder(path: str, image_size: int | None, channels: int | None, seed: i
         loaded.append((im2, grey))
         labels.append(k)
     if not loaded:  # checked before the warning below, so the user reads one line, not two
-        raise VaekitError(f"none of the {len(entries)} image files in {path} could be read; "
-                          f"check that they are valid PNG/JPEG files")
+        raise VaekitError(
+            f"none of the {len(entries)} image files in {path} could be read; check that they are valid PNG/JPEG files"
+        )
     notes = []  # one warning line for everything the user should know about this folder
     if bad:
         names = [str(p.relative_to(root)) for p in bad]
         more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
         notes.append(f"skipped {len(bad)} unreadable file(s) in {path}: {', '.join(names[:_MAX_NAMED])}{more}")
     if len(set(shapes)) > 1 or len(set(modes)) > 1:
-        notes.append(f"images in {path} come in {len(set(shapes))} size(s) and {len(set(modes))} mode(s) "
-                     f"({', '.join(sorted(set(modes)))}); each was scaled, centre-cropped to {size}x{size} and converted")
+        notes.append(
+            f"images in {path} come in {len(set(shapes))} size(s) and {len(set(modes))} mode(s) "
+            f"({', '.join(sorted(set(modes)))}); each was scaled, centre-cropped to {size}x{size} and converted"
+        )
     if notes:
         warn("; ".join(notes))
     if channels is None:
@@ -279,17 +315,29 @@ def load_folder(path: str, image_size: int | None, channels: int | None, seed: i
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     images = np.stack(arrays)
     lab = np.asarray(labels, dtype=np.int64) if class_names is not None else None
-    return make_splits(f"folder:{path}", images, lab, image_size=size, channels=channels,
-                       class_names=class_names, checksum=digest.hexdigest(), source=str(root.resolve()),
-                       seed=seed, val_size=val_size)
+    return make_splits(
+        f"folder:{path}",
+        images,
+        lab,
+        image_size=size,
+        channels=channels,
+        class_names=class_names,
+        checksum=digest.hexdigest(),
+        source=str(root.resolve()),
+        seed=seed,
+        val_size=val_size,
+    )
 
 
 # --------------------------------------------------------------------------- npz:PATH
 
+
 def _to_nchw(arr: np.ndarray, path: str) -> np.ndarray:
     shape = tuple(arr.shape)
-    bad = (f"{path}: images array has shape {shape}; expected (N,H,W), (N,H,W,C) or (N,C,H,W) "
-           f"with square images and C in 1 or 3")
+    bad = (
+        f"{path}: images array has shape {shape}; expected (N,H,W), (N,H,W,C) or (N,C,H,W) "
+        f"with square images and C in 1 or 3"
+    )
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4:
@@ -308,8 +356,9 @@ def _to_nchw(arr: np.ndarray, path: str) -> np.ndarray:
     return arr
 
 
-def load_npz(path: str, image_size: int | None, channels: int | None, seed: int,
-             val_size: int | None = None) -> DatasetSplits:
+def load_npz(
+    path: str, image_size: int | None, channels: int | None, seed: int, val_size: int | None = None
+) -> DatasetSplits:
     p = Path(os.path.expanduser(path))
     if not path or not p.is_file():
         raise VaekitError(f"npz file {path!r} does not exist; pass an existing .npz file as npz:PATH")
@@ -333,30 +382,46 @@ def load_npz(path: str, image_size: int | None, channels: int | None, seed: int,
         pass
     elif np.issubdtype(images.dtype, np.floating):
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-            raise VaekitError(f"{path}: float images must lie in [0, 1] (found values in "
-                              f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]); rescale them or save uint8")
+            raise VaekitError(
+                f"{path}: float images must lie in [0, 1] (found values in "
+                f"[{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]); rescale them or save uint8"
+            )
         images = np.rint(images.astype(np.float32) * 255.0).astype(np.uint8)
     else:
-        raise VaekitError(f"{path}: images array has dtype {images.dtype} and shape {tuple(images.shape)}; "
-                          f"save uint8 (0..255) or float (0..1) images")
+        raise VaekitError(
+            f"{path}: images array has dtype {images.dtype} and shape {tuple(images.shape)}; "
+            f"save uint8 (0..255) or float (0..1) images"
+        )
     n, c, h, _ = images.shape
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
-            raise VaekitError(f"{path}: labels array '{lkey}' has shape {tuple(labels.shape)} and dtype "
-                              f"{labels.dtype}; expected {n} integer labels")
+            raise VaekitError(
+                f"{path}: labels array '{lkey}' has shape {tuple(labels.shape)} and dtype "
+                f"{labels.dtype}; expected {n} integer labels"
+            )
         labels = labels.astype(np.int64)
     size = check_image_size(image_size, default=h if h in IMAGE_SIZES else 32)
     images = to_channels(resize_images(images, size), channels or c)
     class_names = None
     if labels is not None and labels.min() >= 0:
         class_names = [str(i) for i in range(int(labels.max()) + 1)]
-    return make_splits(f"npz:{path}", images, labels, image_size=size, channels=channels or c,
-                       class_names=class_names, checksum=hashlib.sha256(raw).hexdigest(),
-                       source=str(p.resolve()), seed=seed, val_size=val_size)
+    return make_splits(
+        f"npz:{path}",
+        images,
+        labels,
+        image_size=size,
+        channels=channels or c,
+        class_names=class_names,
+        checksum=hashlib.sha256(raw).hexdigest(),
+        source=str(p.resolve()),
+        seed=seed,
+        val_size=val_size,
+    )
 
 
 # --------------------------------------------------------------------------- digits
+
 
 def load_digits(image_size: int | None, channels: int | None, seed: int, val_size: int | None = None) -> DatasetSplits:
     check_channels(channels)
@@ -364,8 +429,10 @@ def load_digits(image_size: int | None, channels: int | None, seed: int, val_siz
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
-        raise VaekitError("the digits dataset needs scikit-learn; install it with "
-                          "`pip install scikit-learn` (or `pip install vaekit[digits]`)") from None
+        raise VaekitError(
+            "the digits dataset needs scikit-learn; install it with "
+            "`pip install scikit-learn` (or `pip install vaekit[digits]`)"
+        ) from None
     bunch = sk_load_digits()
     raw = np.asarray(bunch.images, dtype=np.float64)  # (N, 8, 8), values 0..16
     labels = np.asarray(bunch.target, dtype=np.int64)
@@ -374,9 +441,18 @@ def load_digits(image_size: int | None, channels: int | None, seed: int, val_siz
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     images = x.round_().clamp_(0, 255).to(torch.uint8).numpy()
     images = to_channels(images, channels or 1)
-    return make_splits("digits", images, labels, image_size=size, channels=channels or 1,
-                       class_names=[str(i) for i in range(10)], checksum=digest,
-                       source="sklearn.datasets.load_digits", seed=seed, val_size=val_size)
+    return make_splits(
+        "digits",
+        images,
+        labels,
+        image_size=size,
+        channels=channels or 1,
+        class_names=[str(i) for i in range(10)],
+        checksum=digest,
+        source="sklearn.datasets.load_digits",
+        seed=seed,
+        val_size=val_size,
+    )
 
 
 # --------------------------------------------------------------------------- cifar10
@@ -384,23 +460,27 @@ def load_digits(image_size: int | None, channels: int | None, seed: int, val_siz
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def load_cifar10(data_dir: str | None, image_size: int | None, channels: int | None,
-                 download: bool, val_size: int | None = None) -> DatasetSplits:
+def load_cifar10(
+    data_dir: str | None, image_size: int | None, channels: int | None, download: bool, val_size: int | None = None
+) -> DatasetSplits:
     check_channels(channels)
     size = check_image_size(image_size)
     try:
         from torchvision.datasets import CIFAR10
     except ImportError:
-        raise VaekitError("the cifar10 dataset needs torchvision; install it with `pip install torchvision` "
-                          "or use another dataset") from None
+        raise VaekitError(
+            "the cifar10 dataset needs torchvision; install it with `pip install torchvision` or use another dataset"
+        ) from None
     root = Path(os.path.expanduser(data_dir)) if data_dir else cache_dir("cifar10")
     try:
         root.mkdir(parents=True, exist_ok=True)
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)
     except Exception as e:
-        raise VaekitError(f"cifar10 could not be loaded from {root} ({_one_line(e)}); check the network "
-                          f"or pass --data-dir DIR holding cifar-10-batches-py") from None
+        raise VaekitError(
+            f"cifar10 could not be loaded from {root} ({_one_line(e)}); check the network "
+            f"or pass --data-dir DIR holding cifar-10-batches-py"
+        ) from None
     tr_x = np.asarray(train.data, dtype=np.uint8).transpose(0, 3, 1, 2)
     te_x = np.asarray(test.data, dtype=np.uint8).transpose(0, 3, 1, 2)
     tr_y = np.asarray(train.targets, dtype=np.int64)
@@ -417,7 +497,15 @@ def load_cifar10(data_dir: str | None, image_size: int | None, channels: int | N
     def subset(x: np.ndarray, y: np.ndarray) -> ImageSet:
         return ImageSet(pad_images(x, padded), torch.from_numpy(np.array(y, dtype=np.int64)))
 
-    return DatasetSplits(name="cifar10", train=subset(tr_x[:n_train], tr_y[:n_train]),
-                         val=subset(tr_x[n_train:], tr_y[n_train:]), test=subset(te_x, te_y),
-                         image_size=size, padded_size=padded, channels=ch,
-                         class_names=list(CIFAR10_CLASSES), checksum=digest.hexdigest(), source=str(root))
+    return DatasetSplits(
+        name="cifar10",
+        train=subset(tr_x[:n_train], tr_y[:n_train]),
+        val=subset(tr_x[n_train:], tr_y[n_train:]),
+        test=subset(te_x, te_y),
+        image_size=size,
+        padded_size=padded,
+        channels=ch,
+        class_names=list(CIFAR10_CLASSES),
+        checksum=digest.hexdigest(),
+        source=str(root),
+    )

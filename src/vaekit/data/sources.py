@@ -21,30 +21,43 @@ from .images import DatasetSplits, ImageSet, cache_dir
 
 DATASET_NAMES = ["fashion-mnist", "mnist", "digits", "cifar10", "folder:PATH", "npz:PATH"]
 
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 VAL_SIZE = 5000  # the last images of the training file, unless --val-size says otherwise
 
 IDX_DATASETS = {
     "fashion-mnist": {
         "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         # MD5 of the official .gz files (the Debian package recompresses them, so its copies differ).
-        "md5": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+        "md5": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
         "system": ["/usr/share/datasets/fashion-mnist"],
-        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        "classes": [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
         "hint": "install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir DIR "
-                "holding the four IDX files",
+        "holding the four IDX files",
     },
     "mnist": {
         "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "md5": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-                "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-                "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+        "md5": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
         "system": ["/usr/share/datasets/mnist"],
         "classes": [str(i) for i in range(10)],
         "hint": "pass --data-dir DIR holding the four IDX files",
@@ -53,6 +66,7 @@ IDX_DATASETS = {
 
 
 # --------------------------------------------------------------------------- locating files
+
 
 def _find_file(directory: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
@@ -72,11 +86,15 @@ def _candidates(name: str, data_dir: str | None) -> list[Path]:
     if data_dir is not None:
         d = Path(os.path.expanduser(data_dir))
         if not d.exists():
-            raise VaekitError(f"data directory {data_dir} does not exist; pass an existing --data-dir DIR "
-                              f"holding the four {name} IDX files")
+            raise VaekitError(
+                f"data directory {data_dir} does not exist; pass an existing --data-dir DIR "
+                f"holding the four {name} IDX files"
+            )
         if not d.is_dir() or not os.access(d, os.R_OK | os.X_OK):
-            raise VaekitError(f"data directory {data_dir} is not a readable folder; pass --data-dir DIR "
-                              f"holding the four {name} IDX files")
+            raise VaekitError(
+                f"data directory {data_dir} is not a readable folder; pass --data-dir DIR "
+                f"holding the four {name} IDX files"
+            )
         dirs += [d, d / name]
     env = os.environ.get("VAEKIT_DATA")
     if env:
@@ -88,6 +106,7 @@ def _candidates(name: str, data_dir: str | None) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- download
+
 
 def _download(url: str, dest: Path, md5: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +121,10 @@ def _download(url: str, dest: Path, md5: str) -> None:
                 h.update(chunk)
                 out.write(chunk)
         if h.hexdigest() != md5:
-            raise VaekitError(f"{url}: checksum mismatch (md5 {h.hexdigest()}, expected {md5}); "
-                              f"retry later or pass --data-dir DIR holding the four IDX files")
+            raise VaekitError(
+                f"{url}: checksum mismatch (md5 {h.hexdigest()}, expected {md5}); "
+                f"retry later or pass --data-dir DIR holding the four IDX files"
+            )
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -132,13 +153,22 @@ def _fetch(name: str, searched: list[Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------- loading
 
-def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
-                     channels: int | None = None, download: bool = True, val_size: int | None = None) -> DatasetSplits:
+
+def load_idx_dataset(
+    name: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    download: bool = True,
+    val_size: int | None = None,
+) -> DatasetSplits:
     spec = IDX_DATASETS[name]
     _img.check_val_size(val_size)
     if image_size not in (None, 28, 32):
-        raise VaekitError(f"{name} images are 28x28 (zero-padded to 32); image size {image_size} is not "
-                          f"supported for it, use 28 or 32")
+        raise VaekitError(
+            f"{name} images are 28x28 (zero-padded to 32); image size {image_size} is not "
+            f"supported for it, use 28 or 32"
+        )
     _img.check_channels(channels)
     searched = _candidates(name, data_dir)
     files = None
@@ -161,12 +191,16 @@ def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | N
     tr_x, tr_y, te_x, te_y = arrays
     for x, p in ((tr_x, files[0]), (te_x, files[2])):
         if x.ndim != 3 or x.shape[1] != 28 or x.shape[2] != 28:
-            raise VaekitError(f"{p}: expected 28x28 images, found an IDX array of shape {x.shape}; "
-                              f"check that it is the {name} image file")
+            raise VaekitError(
+                f"{p}: expected 28x28 images, found an IDX array of shape {x.shape}; "
+                f"check that it is the {name} image file"
+            )
     for y, x, p in ((tr_y, tr_x, files[1]), (te_y, te_x, files[3])):
         if y.ndim != 1 or len(y) != len(x):
-            raise VaekitError(f"{p}: holds {y.shape[0] if y.ndim == 1 else y.shape} labels for {len(x)} "
-                              f"images; the label and image files do not belong together, re-download them")
+            raise VaekitError(
+                f"{p}: holds {y.shape[0] if y.ndim == 1 else y.shape} labels for {len(x)} "
+                f"images; the label and image files do not belong together, re-download them"
+            )
         if y.max() > 9:
             raise VaekitError(f"{p}: label {int(y.max())} out of range 0..9; re-download it")
     n_train = _img.split_off_validation(len(tr_x), val_size, VAL_SIZE, str(files[0]))
@@ -176,15 +210,29 @@ def load_idx_dataset(name: str, data_dir: str | None = None, image_size: int | N
         imgs = _img.to_channels(x[:, None], ch)
         return ImageSet(_img.pad_images(imgs, padded_size(28)), torch.from_numpy(y.astype(np.int64)))
 
-    return DatasetSplits(name=name, train=subset(tr_x[:n_train], tr_y[:n_train]),
-                         val=subset(tr_x[n_train:], tr_y[n_train:]), test=subset(te_x, te_y),
-                         image_size=28, padded_size=padded_size(28), channels=ch, class_names=list(spec["classes"]),
-                         checksum=digest.hexdigest(), source=str(files[0].parent))
+    return DatasetSplits(
+        name=name,
+        train=subset(tr_x[:n_train], tr_y[:n_train]),
+        val=subset(tr_x[n_train:], tr_y[n_train:]),
+        test=subset(te_x, te_y),
+        image_size=28,
+        padded_size=padded_size(28),
+        channels=ch,
+        class_names=list(spec["classes"]),
+        checksum=digest.hexdigest(),
+        source=str(files[0].parent),
+    )
 
 
-def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None,
-                 channels: int | None = None, download: bool = True, seed: int = 0,
-                 val_size: int | None = None) -> DatasetSplits:
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    download: bool = True,
+    seed: int = 0,
+    val_size: int | None = None,
+) -> DatasetSplits:
     """Load a dataset by name: fashion-mnist (default), mnist, digits, cifar10, folder:PATH or npz:PATH.
 
     `val_size` validation images are held out of the training images (None: the dataset's
@@ -194,9 +242,9 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: int | None 
     name = (name or "fashion-mnist").strip()
     lower = name.lower()
     if lower.startswith("folder:"):
-        return _img.load_folder(name[len("folder:"):], image_size, channels, seed, val_size)
+        return _img.load_folder(name[len("folder:") :], image_size, channels, seed, val_size)
     if lower.startswith("npz:"):
-        return _img.load_npz(name[len("npz:"):], image_size, channels, seed, val_size)
+        return _img.load_npz(name[len("npz:") :], image_size, channels, seed, val_size)
     key = lower.replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist"):
         return load_idx_dataset("fashion-mnist", data_dir, image_size, channels, download, val_size)
