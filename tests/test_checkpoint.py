@@ -354,24 +354,6 @@ def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
         torch.testing.assert_close(p, q)
 
 
-def test_a_checkpoint_of_an_unfused_adam_resumes_fused(npz, tmp_path, monkeypatch):
-    import vaekit.step as step_module
-
-    out = tmp_path / "run"
-
-    class Unfused(torch.optim.Adam):  # how vaekit's checkpoints were written before the fused Adam
-        found_inf = property(lambda self: None, lambda self, value: None)
-
-    monkeypatch.setattr(step_module, "make_optimizer", lambda model, lr: Unfused(model.parameters(), lr=lr))
-    assert main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 0
-    assert load_checkpoint(out, with_training=True).training["optimizer"]["param_groups"][0]["fused"] is None
-    monkeypatch.undo()
-    made = _spy_optimizer(monkeypatch)
-    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
-    assert made[0][1].param_groups[0]["fused"] is True
-    assert load_checkpoint(out, with_training=True).training["optimizer"]["param_groups"][0]["fused"] is True
-
-
 def test_grad_clip_bounds_the_gradient_norm(tmp_path, monkeypatch):
     real = torch.nn.utils.clip_grad_norm_
     seen = []

@@ -107,7 +107,7 @@ def restore_training(run_dir: Path, trainer: Trainer, device: torch.device) -> T
         raise VaekitError(f"{ckpt.path} lacks {', '.join(missing)}; it cannot be resumed exactly, start a new run")
     trainer.model.load_state_dict(ckpt.model)
     try:
-        _load_optimizer(trainer.optimizer, training["optimizer"])
+        trainer.optimizer.load_state_dict(training["optimizer"])
         rngs = training["rng"]
         torch.set_rng_state(rngs[trainer.ctx.rank] if trainer.ctx.rank < len(rngs) else rngs[0])
         if device.type == "cuda" and "cuda_rng" in training:
@@ -118,15 +118,3 @@ def restore_training(run_dir: Path, trainer: Trainer, device: torch.device) -> T
         where = ckpt.path / "training_state.pt"
         raise VaekitError(f"{where} does not fit this model ({cause}); start a new run") from None
     return TrainState.from_json(ckpt.state)
-
-
-def _load_optimizer(optimizer: torch.optim.Adam, saved: dict[str, Any]) -> None:
-    """load_state_dict, keeping the Adam fused: loading takes each group's options from the saved
-    state, and a state saved from an unfused Adam would load unfused, which refuses `found_inf`."""
-    optimizer.load_state_dict(saved)
-    for group in optimizer.param_groups:
-        group["fused"] = True
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            if "step" in state:  # the fused kernel wants its step counters as float32 on the parameter's device
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
