@@ -1,8 +1,13 @@
-"""The command line: parses arguments, calls the library, turns VaekitError into one line."""
+"""The command line: parses arguments, calls the library, turns VaekitError into one line.
+
+Each command imports the modules it runs inside its function: they load torch, and `vaekit
+--help` or a refused argument should answer without waiting for it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -89,8 +94,6 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import json
-
     from .classifier import ClassifierSpec
     from .evaluate import evaluate_run
 
@@ -147,8 +150,6 @@ def cmd_compare(args) -> int:
     result = compare_runs(args.runs)
     print(format_comparison(result))
     if args.json:
-        import json
-
         try:
             atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
         except OSError as exc:

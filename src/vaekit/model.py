@@ -15,6 +15,7 @@ from .distributions import MixtureOfGaussians
 from .errors import VaekitError
 from .likelihoods import make_likelihood
 from .networks import ConvDecoder, ConvEncoder
+from .objectives import elbo_terms, iwae_terms, pathwise_terms
 from .priors import make_prior
 
 
@@ -160,8 +161,6 @@ class VAE(nn.Module):
         `stratified` is SIWAE for any S (S=1 included), `pathwise` decodes one draw per sample
         from the full mixture. With K=1 all three are the same bound.
         """
-        from .objectives import elbo_terms, iwae_terms, pathwise_terms
-
         if estimator == "pathwise" and self.config.components > 1:
             return pathwise_terms(self, x_input, x_target, iw_samples)
         if iw_samples > 1 or (estimator == "stratified" and self.config.components > 1):
