@@ -50,13 +50,14 @@ from vaekit.batching import make_batch
 from vaekit.compare import paired_difference
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import load_dataset
+from vaekit.distributed import resolve_device
 from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model
 from vaekit.model import VAE
 from vaekit.objectives import training_loss
 from vaekit.runs import load_run
 from vaekit.speed import training_networks
 from vaekit.step import make_optimizer
-from vaekit.training import resolve_device, train
+from vaekit.training import train
 
 EVAL_SEED = 2024  # the importance samples and prior samples, the same for every combination
 

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import VaekitError
+
 WEIGHT_HASH_ENV = "VAEKIT_DEBUG_WEIGHT_HASH_FILE"
 
 
@@ -106,3 +108,20 @@ class WeightHashLog:
             digest.update(p.detach().cpu().contiguous().numpy().tobytes())
         with open(self.path, "a") as f:
             f.write(f"{step} {digest.hexdigest()}\n")
+
+
+def resolve_device(kind: str) -> torch.device:
+    """The device `--device` names; auto is CUDA where there is one."""
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise VaekitError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(kind)
+
+
+def process_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """The device this process trains on: with several processes on GPUs, its own GPU."""
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    return device

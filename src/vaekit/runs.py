@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -116,3 +117,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def prepare_run_dir(out: Path) -> None:
+    """Refuses a file, a read-only folder or an existing run before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise VaekitError(f"--out {out} is a file; pass a folder path")
+    if (out / CONFIG).exists():
+        raise VaekitError(f"--out {out} already holds a run; use `vaekit train --resume {out}` or another --out")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise VaekitError(f"--out {out} cannot be created: {probe} is a file, not a folder; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise VaekitError(f"--out {out} is not writable ({probe} is read-only); choose another folder")

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -25,11 +24,18 @@ from .bounds import bound_means
 from .checkpoint import has_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import DatasetSplits
-from .distributed import DistContext, WeightHashLog, init_distributed, shutdown_distributed
+from .distributed import (
+    DistContext,
+    WeightHashLog,
+    init_distributed,
+    process_device,
+    resolve_device,
+    shutdown_distributed,
+)
 from .errors import VaekitError
 from .model import VAE
 from .pictures import refresh_pictures
-from .runs import CONFIG, default_run_dir, load_run_data, write_metrics
+from .runs import CONFIG, default_run_dir, load_run_data, prepare_run_dir, write_metrics
 from .step import StepOutput, Trainer, build_trainer, data_parallel, kl_weight, memory_format, training_step
 from .stops import Stop, Stops
 from .tensorboard_log import TensorBoardLogger, open_logger
@@ -271,7 +277,7 @@ def _open_run(
 ) -> Run:
     """Checks the folder and the data, then builds the trainer and the state (new, or from the checkpoint)."""
     t = config.train
-    device = _local_device(resolve_device(t.device), ctx)
+    device = process_device(resolve_device(t.device), ctx)
     if not resuming:
         prepare_run_dir(run_dir)  # every rank checks (it only reads) ...
         ctx.barrier()  # ... before rank 0 writes config.json, which a late rank would take for an existing run
@@ -307,35 +313,6 @@ def _open_run(
     if ctx.is_master and not t.is_elbo:
         print(f"vaekit: training a {t.objective_name}, not the ELBO; validation reports the true ELBO", file=sys.stderr)
     return run
-
-
-def resolve_device(kind: str) -> torch.device:
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise VaekitError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(kind)
-
-
-def _local_device(device: torch.device, ctx: DistContext) -> torch.device:
-    """With several processes on GPUs, this process's own GPU."""
-    if device.type == "cuda" and ctx.enabled:
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def prepare_run_dir(out: Path) -> None:
-    """Refuses a file, a read-only folder or an existing run before anything is written."""
-    if out.exists() and not out.is_dir():
-        raise VaekitError(f"--out {out} is a file; pass a folder path")
-    if (out / CONFIG).exists():
-        raise VaekitError(f"--out {out} already holds a run; use `vaekit train --resume {out}` or another --out")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise VaekitError(f"--out {out} cannot be created: {probe} is a file, not a folder; choose another --out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise VaekitError(f"--out {out} is not writable ({probe} is read-only); choose another folder")
 
 
 def _check_batch_size(batch_size: int, images: int, ctx: DistContext) -> None:
