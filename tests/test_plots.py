@@ -1,4 +1,4 @@
-"""Tests of vaekit.plots: grid geometry, PCA, and that every plot writes a real PNG."""
+"""Tests of vaekit.image_grids and vaekit.plots: grid geometry, PCA, and that every plot writes a real PNG."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit import plots
+from vaekit import image_grids, plots
 from vaekit.atomic import atomic_write
 
 
@@ -39,7 +39,7 @@ def test_grid_shape_and_pixel_placement_grey():
     n, h, w = 5, 4, 3
     imgs = torch.stack([torch.full((1, h, w), i * 40 / 255) for i in range(n)])
     imgs[0, 0, 0, 0] = 1.0  # marks the top-left corner of image 0 (orientation check)
-    grid = plots.image_grid(imgs, nrow=3, padding=2)
+    grid = image_grids.image_grid(imgs, nrow=3, padding=2)
     assert grid.dtype == np.uint8
     assert grid.shape == (2 * h + 3 * 2, 3 * w + 4 * 2)  # 2 rows x 3 columns, grey -> 2-D
     for i in range(n):
@@ -55,9 +55,9 @@ def test_grid_shape_and_pixel_placement_grey():
 
 
 def test_grid_default_is_roughly_square():
-    grid = plots.image_grid(torch.zeros(10, 1, 8, 8), padding=0)
+    grid = image_grids.image_grid(torch.zeros(10, 1, 8, 8), padding=0)
     assert grid.shape == (3 * 8, 4 * 8)  # ceil(sqrt(10)) = 4 per row, 3 rows
-    grid = plots.image_grid(torch.zeros(16, 1, 8, 8), padding=1)
+    grid = image_grids.image_grid(torch.zeros(16, 1, 8, 8), padding=1)
     assert grid.shape == (4 * 8 + 5, 4 * 8 + 5)
 
 
@@ -66,7 +66,7 @@ def test_grid_rgb_channels_and_clamping():
     imgs[0, 0] = 1.0  # red
     imgs[1, 2] = 2.0  # blue, out of range -> clamped to 1
     imgs[1, 0] = -1.0  # clamped to 0
-    grid = plots.image_grid(imgs, nrow=2)
+    grid = image_grids.image_grid(imgs, nrow=2)
     assert grid.shape == (4 + 4, 2 * 4 + 6, 3)
     np.testing.assert_array_equal(_cell(grid, 0, 0, 4, 4), np.broadcast_to([255, 0, 0], (4, 4, 3)))
     np.testing.assert_array_equal(_cell(grid, 0, 1, 4, 4), np.broadcast_to([0, 0, 255], (4, 4, 3)))
@@ -74,19 +74,19 @@ def test_grid_rgb_channels_and_clamping():
 
 def test_grid_rejects_bad_channel_count():
     with pytest.raises(ValueError, match="C in"):
-        plots.image_grid(torch.zeros(2, 2, 4, 4))
+        image_grids.image_grid(torch.zeros(2, 2, 4, 4))
     with pytest.raises(ValueError):
-        plots.image_grid(torch.zeros(0, 1, 4, 4))
+        image_grids.image_grid(torch.zeros(0, 1, 4, 4))
 
 
 def test_save_image_grid_roundtrip(tmp_path):
     imgs = torch.rand(6, 1, 5, 7)
-    out = plots.save_image_grid(imgs, tmp_path / "deep" / "er" / "samples.png", nrow=3)
+    out = image_grids.save_image_grid(imgs, tmp_path / "deep" / "er" / "samples.png", nrow=3)
     assert out == tmp_path / "deep" / "er" / "samples.png"
     with Image.open(out) as im:
         assert im.mode == "L"
-        np.testing.assert_array_equal(np.asarray(im), plots.image_grid(imgs, nrow=3))
-    rgb = plots.save_image_grid(torch.rand(4, 3, 6, 6), tmp_path / "rgb.png")
+        np.testing.assert_array_equal(np.asarray(im), image_grids.image_grid(imgs, nrow=3))
+    rgb = image_grids.save_image_grid(torch.rand(4, 3, 6, 6), tmp_path / "rgb.png")
     with Image.open(rgb) as im:
         assert im.mode == "RGB" and im.size == (2 * 6 + 6, 2 * 6 + 6)
     _no_temp_files(tmp_path)
@@ -97,7 +97,7 @@ def test_reconstructions_each_original_above_its_reconstruction(tmp_path):
     n = 10  # 8 per row: rows = orig 0-7, recon 0-7, orig 8-9 + blanks, recon 8-9 + blanks
     orig = torch.stack([torch.full((1, h, w), i * 10 / 255) for i in range(n)])
     recon = torch.stack([torch.full((1, h, w), (120 + i * 10) / 255) for i in range(n)])
-    path = plots.save_reconstructions(orig, recon, tmp_path / "reconstructions.png")
+    path = image_grids.save_reconstructions(orig, recon, tmp_path / "reconstructions.png")
     grid = np.asarray(Image.open(path))
     assert grid.shape == (4 * h + 5 * 2, 8 * w + 9 * 2)
     for i in range(n):
@@ -110,28 +110,30 @@ def test_reconstructions_each_original_above_its_reconstruction(tmp_path):
 
 
 def test_reconstructions_few_images_two_rows_and_shape_check(tmp_path):
-    path = plots.save_reconstructions(torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4) * 0.6, tmp_path / "r.png")
+    path = image_grids.save_reconstructions(torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4) * 0.6, tmp_path / "r.png")
     grid = np.asarray(Image.open(path))
     assert grid.shape == (2 * 4 + 6, 3 * 4 + 8)
     assert (_cell(grid, 0, 2, 4, 4) == 0).all() and (_cell(grid, 1, 0, 4, 4) == 153).all()
     with pytest.raises(ValueError, match="same shape"):
-        plots.save_reconstructions(torch.zeros(3, 1, 4, 4), torch.zeros(2, 1, 4, 4), tmp_path / "x.png")
+        image_grids.save_reconstructions(torch.zeros(3, 1, 4, 4), torch.zeros(2, 1, 4, 4), tmp_path / "x.png")
 
 
 def test_interpolation_rows_and_labels(tmp_path):
     lin = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 1, 6, 6)
     sph = torch.rand(4, 1, 6, 6)  # shorter strip: padded with a blank cell
-    plain = plots.save_interpolation([lin, sph], tmp_path / "plain.png")
+    plain = image_grids.save_interpolation([lin, sph], tmp_path / "plain.png")
     grid = np.asarray(Image.open(plain))
     assert grid.shape == (2 * 6 + 6, 5 * 6 + 12)
     for t in range(5):
         assert (_cell(grid, 0, t, 6, 6) == round(t / 4 * 255)).all()
     assert (_cell(grid, 1, 4, 6, 6) == 255).all()
-    labelled = plots.save_interpolation([lin, sph], tmp_path / "interpolations.png", labels=["linear", "spherical"])
+    labelled = image_grids.save_interpolation(
+        [lin, sph], tmp_path / "interpolations.png", labels=["linear", "spherical"]
+    )
     im = _png_ok(labelled)
     assert im.height == grid.shape[0] and im.width > grid.shape[1]  # room for the names
     with pytest.raises(ValueError):
-        plots.save_interpolation([lin], tmp_path / "bad.png", labels=["a", "b"])
+        image_grids.save_interpolation([lin], tmp_path / "bad.png", labels=["a", "b"])
 
 
 # ----------------------------------------------------------------------------- PCA
@@ -239,7 +241,7 @@ def test_plot_overwrites_atomically_and_keeps_old_file_on_failure(tmp_path):
         atomic_write(target, boom)
     assert target.read_bytes() == b"old"
     _no_temp_files(tmp_path)
-    plots.save_image_grid(torch.rand(4, 1, 4, 4), target)
+    image_grids.save_image_grid(torch.rand(4, 1, 4, 4), target)
     _png_ok(target)
 
 
@@ -258,7 +260,7 @@ def test_import_is_light():
     import sys
 
     code = (
-        "import sys, vaekit.plots, vaekit.report; "
+        "import sys, vaekit.image_grids, vaekit.plots, vaekit.report, vaekit.report_facts; "
         "heavy = [m for m in ('matplotlib', 'PIL') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

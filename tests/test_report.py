@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit import plots
+from vaekit import image_grids, plots
 from vaekit.errors import VaekitError
 from vaekit.report import PICTURES, write_report
 
@@ -51,9 +51,9 @@ def run_dir(tmp_path_factory) -> Path:
     gen = torch.Generator().manual_seed(0)
     rows = [dict(zip(METRICS_CSV.splitlines()[0].split(","), line.split(","))) for line in METRICS_CSV.splitlines()[1:]]
     plots.plot_loss_curves(rows, run / "loss_curves.png")
-    plots.save_image_grid(torch.rand(16, 1, 12, 12, generator=gen), run / "samples.png")
+    image_grids.save_image_grid(torch.rand(16, 1, 12, 12, generator=gen), run / "samples.png")
     imgs = torch.rand(8, 1, 12, 12, generator=gen)
-    plots.save_reconstructions(imgs, imgs.clamp(0.2, 0.8), run / "reconstructions.png")
+    image_grids.save_reconstructions(imgs, imgs.clamp(0.2, 0.8), run / "reconstructions.png")
     plots.plot_latent_scatter(
         torch.randn(100, 5, generator=gen),
         torch.randint(0, 3, (100,), generator=gen),

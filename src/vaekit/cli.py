@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
-    from .plots import save_image_grid
+    from .image_grids import save_image_grid
     from .runs import load_run
 
     if args.n <= 0:
@@ -74,7 +74,7 @@ def cmd_sample(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     from .data import load_dataset
-    from .plots import save_reconstructions
+    from .image_grids import save_reconstructions
     from .runs import load_run
 
     if args.n <= 0:

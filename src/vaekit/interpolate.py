@@ -8,7 +8,7 @@ import torch
 
 from .batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
 from .errors import VaekitError
-from .plots import save_interpolation
+from .image_grids import save_interpolation
 from .runs import load_run, load_run_data
 
 

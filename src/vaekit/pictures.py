@@ -11,9 +11,10 @@ import torch
 from .batching import to_float
 from .data import DatasetSplits
 from .errors import VaekitError
+from .image_grids import save_image_grid, save_reconstructions
 from .interpolate import interpolate_run
 from .model import VAE
-from .plots import plot_component_usage, plot_latent_scatter, plot_loss_curves, save_image_grid, save_reconstructions
+from .plots import plot_component_usage, plot_latent_scatter, plot_loss_curves
 from .runs import LoadedRun, load_run, load_run_data, read_metrics
 
 PICTURE_SEED = 4321  # the same prior draws every epoch, so samples.png shows the model change, not the noise

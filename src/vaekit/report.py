@@ -4,13 +4,12 @@
 validation epoch), evaluation results and the run's pictures, all in one file.  Images
 are embedded as ``data:image/png;base64`` URIs, CSS is inline, and the page contains no
 scripts and no network references; a Content-Security-Policy meta tag makes the browser
-refuse anything else.
+refuse anything else.  What the page says is read by :mod:`vaekit.report_facts`.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import math
@@ -20,6 +19,7 @@ from typing import Any
 
 from .atomic import atomic_write
 from .errors import VaekitError
+from .report_facts import best_row, parse_cell, png_size, read_json, read_metrics, run_name, without_absent_numbers
 
 __all__ = ["write_report", "PICTURES"]
 
@@ -61,8 +61,6 @@ PICTURES: tuple[tuple[str, str, str], ...] = (
 
 #: Pictures made of image tiles: shown enlarged with crisp pixels.
 _PIXEL_PICTURES = {"samples.png", "reconstructions.png", "interpolations.png"}
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -114,21 +112,9 @@ def _fmt_number(value: float | int) -> str:
     return text if text not in ("", "-0") else f"{value:.4e}"
 
 
-def _parse_cell(text: str | None) -> float | None:
-    if text is None:
-        return None
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def _fmt_cell(text: str | None) -> tuple[str, bool]:
     """Display text of a CSV cell and whether it is numeric."""
-    num = _parse_cell(text)
+    num = parse_cell(text)
     if num is None:
         return (text or "").strip(), False
     return _fmt_number(num), True
@@ -184,85 +170,17 @@ def _kv_table(obj: Any) -> str:
     return '<div class="scroll"><table><tbody>\n' + "\n".join(rows) + "\n</tbody></table></div>"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise VaekitError(
-            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run the command that wrote it"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VaekitError(f"cannot read {path}: {exc}") from None
-
-
-def _without_absent_numbers(evaluation: dict) -> dict:
-    """The evaluation minus test numbers it does not give (null: bits/dim of a density);
-    its number_kind row says why."""
-    test = evaluation.get("test")
-    if not isinstance(test, dict):
-        return evaluation
-    return {**evaluation, "test": {k: v for k, v in test.items() if v is not None}}
-
-
-def _elbo_is_maximised(rows: list[dict[str, str]], prefix: str) -> bool:
-    """Whether larger ``{prefix}_elbo`` is better.
-
-    The ELBO proper is maximised, but a run may log the negative ELBO (a loss).  When the
-    reconstruction and KL columns are there, the relation between the three decides:
-    ``elbo == -(recon + kl)`` or ``elbo == recon - kl`` means the bound itself,
-    ``elbo == recon + kl`` means a loss.  Otherwise the bound is assumed.
-    """
-    votes = 0
-    for row in rows:
-        elbo = _parse_cell(row.get(f"{prefix}_elbo"))
-        recon = _parse_cell(row.get(f"{prefix}_recon"))
-        kl = _parse_cell(row.get(f"{prefix}_kl"))
-        if elbo is None or recon is None or kl is None:
-            continue
-        as_loss = abs(elbo - (recon + kl))
-        as_bound = min(abs(elbo + recon + kl), abs(elbo - (recon - kl)))
-        if as_loss < as_bound:
-            votes -= 1
-        elif as_bound < as_loss:
-            votes += 1
-    return votes >= 0
-
-
-def _best_row(rows: list[dict[str, str]]) -> tuple[int, str] | None:
-    """Index of the best validation row and a description of the criterion."""
-    for prefix in ("val", "train"):
-        scored = [
-            (i, v)
-            for i, r in enumerate(rows)
-            if (v := _parse_cell(r.get(f"{prefix}_elbo"))) is not None and math.isfinite(v)
-        ]
-        if not scored:
-            continue
-        maximise = _elbo_is_maximised(rows, prefix)
-        pick = max if maximise else min
-        idx = pick(scored, key=lambda t: t[1])[0]
-        which = "validation" if prefix == "val" else "training (no validation values)"
-        return idx, f"best {which} {prefix}_elbo ({'highest' if maximise else 'lowest'})"
-    return None
-
-
 def _metrics_section(run: Path) -> str:
     path = run / "metrics.csv"
     if not path.is_file():
         return '<p class="note">metrics.csv not found: no epoch finished yet.</p>'
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c for c in (reader.fieldnames or []) if c is not None]
-            rows = [r for r in reader if any((v or "").strip() for k, v in r.items() if k)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise VaekitError(f"cannot read {path}: {exc}") from None
+    columns, rows = read_metrics(path)
     if not columns or not rows:
         return '<p class="note">metrics.csv has no rows yet.</p>'
 
     shown: list[tuple[str, dict[str, str]]] = []
     last = len(rows) - 1
-    best = _best_row(rows)
+    best = best_row(rows)
     if best is not None and best[0] == last:
         shown.append((f"last epoch = {best[1]}", rows[last]))
     else:
@@ -290,17 +208,6 @@ def _metrics_section(run: Path) -> str:
     )
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR chunk, or None when ``data`` is no PNG."""
-    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    width = int.from_bytes(data[16:20], "big")
-    height = int.from_bytes(data[20:24], "big")
-    if width <= 0 or height <= 0:
-        return None
-    return width, height
-
-
 def _pictures_section(run: Path) -> str:
     parts: list[str] = []
     missing: list[str] = []
@@ -314,7 +221,7 @@ def _pictures_section(run: Path) -> str:
         except OSError as exc:
             missing.append(f"<li>{_e(heading)} ({_e(name)}): unreadable ({_e(exc)})</li>")
             continue
-        size = _png_size(data)
+        size = png_size(data)
         if size is None:
             missing.append(f"<li>{_e(heading)} ({_e(name)}): not a valid PNG, skipped</li>")
             continue
@@ -353,15 +260,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         raise VaekitError(
             f"{run} is not a vaekit run directory (no config.json); pass the folder `vaekit train --out` wrote"
         )
-    config = _read_json(config_path)
-    name = None
-    if isinstance(config, dict):
-        for key in ("name", "run_name"):
-            if isinstance(config.get(key), str) and config[key].strip():
-                name = config[key].strip()
-                break
-    if name is None:
-        name = run.resolve().name or str(run)
+    config = read_json(config_path)
+    name = run_name(run, config)
 
     if isinstance(config, dict):
         config_html = _kv_table(config)
@@ -370,9 +270,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 
     eval_path = run / "evaluation.json"
     if eval_path.is_file():
-        evaluation = _read_json(eval_path)
+        evaluation = read_json(eval_path)
         if isinstance(evaluation, dict):
-            eval_html = _kv_table(_without_absent_numbers(evaluation))
+            eval_html = _kv_table(without_absent_numbers(evaluation))
         else:
             eval_html = f"<pre>{_e(json.dumps(evaluation, indent=2, ensure_ascii=False))}</pre>"
     else:
