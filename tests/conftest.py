@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.data.images import make_splits
+from vaekit.data.splits import make_splits
 
 torch.set_num_threads(2)
 

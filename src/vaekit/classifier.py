@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_write_bytes
-from .data.images import cache_dir
+from .data.common import cache_dir
 from .errors import VaekitError
 
 CLASSIFIER_SEED = 20240611  # fixed: the same cached classifier whatever the run's seed

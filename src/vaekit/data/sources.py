@@ -15,9 +15,12 @@ import torch
 from vaekit.config import padded_size
 from vaekit.errors import VaekitError
 
-from . import images as _img
+from .common import cache_dir
+from .files import load_folder, load_npz
 from .idx import parse_idx, read_idx_bytes
-from .images import DatasetSplits, ImageSet, cache_dir
+from .images import DatasetSplits, ImageSet, check_channels, pad_images, to_channels
+from .packaged import load_cifar10, load_digits
+from .splits import check_val_size, split_off_validation
 
 DATASET_NAMES = ["fashion-mnist", "mnist", "digits", "cifar10", "folder:PATH", "npz:PATH"]
 
@@ -163,13 +166,13 @@ def load_idx_dataset(
     val_size: int | None = None,
 ) -> DatasetSplits:
     spec = IDX_DATASETS[name]
-    _img.check_val_size(val_size)
+    check_val_size(val_size)
     if image_size not in (None, 28, 32):
         raise VaekitError(
             f"{name} images are 28x28 (zero-padded to 32); image size {image_size} is not "
             f"supported for it, use 28 or 32"
         )
-    _img.check_channels(channels)
+    check_channels(channels)
     searched = _candidates(name, data_dir)
     files = None
     for d in searched:
@@ -203,12 +206,12 @@ def load_idx_dataset(
             )
         if y.max() > 9:
             raise VaekitError(f"{p}: label {int(y.max())} out of range 0..9; re-download it")
-    n_train = _img.split_off_validation(len(tr_x), val_size, VAL_SIZE, str(files[0]))
+    n_train = split_off_validation(len(tr_x), val_size, VAL_SIZE, str(files[0]))
     ch = channels or 1
 
     def subset(x: np.ndarray, y: np.ndarray) -> ImageSet:
-        imgs = _img.to_channels(x[:, None], ch)
-        return ImageSet(_img.pad_images(imgs, padded_size(28)), torch.from_numpy(y.astype(np.int64)))
+        imgs = to_channels(x[:, None], ch)
+        return ImageSet(pad_images(imgs, padded_size(28)), torch.from_numpy(y.astype(np.int64)))
 
     return DatasetSplits(
         name=name,
@@ -242,16 +245,16 @@ def load_dataset(
     name = (name or "fashion-mnist").strip()
     lower = name.lower()
     if lower.startswith("folder:"):
-        return _img.load_folder(name[len("folder:") :], image_size, channels, seed, val_size)
+        return load_folder(name[len("folder:") :], image_size, channels, seed, val_size)
     if lower.startswith("npz:"):
-        return _img.load_npz(name[len("npz:") :], image_size, channels, seed, val_size)
+        return load_npz(name[len("npz:") :], image_size, channels, seed, val_size)
     key = lower.replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist"):
         return load_idx_dataset("fashion-mnist", data_dir, image_size, channels, download, val_size)
     if key == "mnist":
         return load_idx_dataset("mnist", data_dir, image_size, channels, download, val_size)
     if key == "digits":
-        return _img.load_digits(image_size, channels, seed, val_size)
+        return load_digits(image_size, channels, seed, val_size)
     if key in ("cifar10", "cifar-10"):
-        return _img.load_cifar10(data_dir, image_size, channels, download, val_size)
+        return load_cifar10(data_dir, image_size, channels, download, val_size)
     raise VaekitError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")

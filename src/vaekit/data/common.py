@@ -1,0 +1,21 @@
+"""What the loaders share with the user's machine: the cache folder and one-line warnings and error causes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def cache_dir(name: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vaekit" / name
+
+
+def warn(message: str) -> None:
+    print(f"vaekit: warning: {message}", file=sys.stderr, flush=True)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
