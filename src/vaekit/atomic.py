@@ -20,7 +20,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     os.close(fd)
     try:
         write(tmp)
-        _fsync(tmp)  # the rename must not reach the disk before the data does
+        fsync(tmp)  # the rename must not reach the disk before the data does
         os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide runs and reports from other users
         os.replace(tmp, path)
     except BaseException:
@@ -37,7 +37,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
-def _fsync(path: str) -> None:
+def fsync(path: str | os.PathLike[str]) -> None:
+    """Flushes a file, or a folder's entries, to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

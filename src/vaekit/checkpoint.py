@@ -23,19 +23,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, fsync
 from .errors import VaekitError
 
 FORMAT_VERSION = 1
 POINTERS = ("latest", "best")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -77,7 +69,7 @@ def save_checkpoint(
         if final.exists():  # the same step saved again (e.g. interrupted, then resumed)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

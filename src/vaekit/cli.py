@@ -73,19 +73,13 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from .data import load_dataset
     from .image_grids import save_reconstructions
-    from .runs import load_run
+    from .runs import load_run, load_run_data
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
     run = load_run(args.run)
-    data = load_dataset(
-        run.config.data.dataset,
-        run.config.data.data_dir,
-        image_size=run.config.dataset_image_size(),
-        val_size=run.config.data.val_size,
-    )
+    data = load_run_data(run.config)
     x = data.test.images[: args.n].float().div(255)
     out = Path(args.out or run.path / "reconstructions.png")
     save_reconstructions(run.model.crop(x), run.model.reconstruct(x), out)

@@ -102,7 +102,6 @@ class DiscretisedLogisticMixtureImage(ImageDistribution):
     "logistic",
     discrete=True,
     data="grey",
-    uses=("logistic_mixtures",),
     title="discretised logistic",
     help="a mixture of logistics discretised to the 256 grey levels",
 )

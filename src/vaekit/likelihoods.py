@@ -238,7 +238,6 @@ class GaussianImage(ImageDistribution):
     "gaussian",
     discrete=False,
     data="grey",
-    uses=("gaussian_variance",),
     title="Gaussian",
     help="a density on grey levels with a learned variance",
 )

@@ -87,7 +87,7 @@ class StandardNormalPrior(nn.Module):
         )
 
 
-@register_prior("mog", uses=("prior_components",), help="a learned mixture of Gaussians")
+@register_prior("mog", help="a learned mixture of Gaussians")
 class MixtureOfGaussiansPrior(nn.Module):
     """A learnable mixture of M diagonal Gaussians; its call is a batch_shape () MixtureOfGaussians."""
 
@@ -129,9 +129,7 @@ def running_stats_only(module: nn.Module | None) -> Iterator[None]:
             m.train(True)
 
 
-@register_prior(
-    "vamp", uses=("prior_components",), help="the VampPrior, a mixture of posteriors of learned pseudo-inputs"
-)
+@register_prior("vamp", help="the VampPrior, a mixture of posteriors of learned pseudo-inputs")
 class VampPrior(nn.Module):
     """p(z) = 1/M sum_m q(z|u_m) over M learnable pseudo-inputs u_m = sigmoid(a_m) (M, C, S, S).
 

@@ -2,7 +2,7 @@
 
 A variant registers itself where it is defined:
 
-    @register_likelihood("poisson", discrete=True, data="grey", uses=("poisson_rate",))
+    @register_likelihood("poisson", discrete=True, data="grey")
     class PoissonHead(nn.Module):
         @classmethod
         def from_config(cls, config: ModelConfig) -> "PoissonHead": ...
@@ -34,7 +34,6 @@ class LikelihoodSpec:
     # has a bits/dim) rather than a log density, whose value depends on the units of x.
     discrete: bool
     data: str  # "binary": trains on binarised pixels; "grey": on grey levels, never binarised
-    uses: tuple[str, ...] = ()  # ModelConfig fields it reads beyond channels and sizes
     title: str = ""  # how evaluation's labels name it, e.g. "discretised logistic"
     help: str = ""  # one line for the CLI
 
@@ -45,7 +44,6 @@ class PriorSpec:
 
     name: str
     cls: type  # built by cls.from_config(model_config) -> nn.Module; called with model.encode
-    uses: tuple[str, ...] = ()
     help: str = ""
 
 
@@ -58,26 +56,24 @@ _BUILT_IN = (
 )  # modules whose import registers the built-ins
 
 
-def register_likelihood(
-    name: str, *, discrete: bool, data: str, uses: tuple[str, ...] = (), title: str = "", help: str = ""
-) -> Callable[[T], T]:
+def register_likelihood(name: str, *, discrete: bool, data: str, title: str = "", help: str = "") -> Callable[[T], T]:
     """Class decorator: makes `name` a valid ModelConfig.likelihood built by cls.from_config(config)."""
     if data not in DATA_KINDS:
         raise ValueError(f"likelihood {name!r}: data must be one of {', '.join(DATA_KINDS)}, got {data!r}")
 
     def register(cls: T) -> T:
-        spec = LikelihoodSpec(name, _buildable(cls, name), bool(discrete), data, tuple(uses), title or name, help)
+        spec = LikelihoodSpec(name, _buildable(cls, name), bool(discrete), data, title or name, help)
         _add(_LIKELIHOODS, spec, "likelihood")
         return cls
 
     return register
 
 
-def register_prior(name: str, *, uses: tuple[str, ...] = (), help: str = "") -> Callable[[T], T]:
+def register_prior(name: str, *, help: str = "") -> Callable[[T], T]:
     """Class decorator: makes `name` a valid ModelConfig.prior built by cls.from_config(config)."""
 
     def register(cls: T) -> T:
-        _add(_PRIORS, PriorSpec(name, _buildable(cls, name), tuple(uses), help), "prior")
+        _add(_PRIORS, PriorSpec(name, _buildable(cls, name), help), "prior")
         return cls
 
     return register
