@@ -174,6 +174,14 @@ class TrainConfig:
         0, "also save every STEPS optimizer steps (default 0: at the end of each epoch only)", metavar="STEPS"
     )
     grad_clip: float | None = setting(None, "clip the gradients' global norm to this value")
+    # Validation, the checkpoint's model.safetensors, sampling and evaluation all use the average;
+    # the trained weights travel in training_state.pt, for --resume.
+    ema: float = setting(
+        0.0,
+        "decay of an exponential moving average of the weights, which validation, sampling and evaluation "
+        "then use (e.g. 0.999; default 0: the trained weights)",
+        metavar="DECAY",
+    )
     detect_anomaly: bool = setting(False, "run under torch.autograd's anomaly detection (slow)")
     channels_last: bool = setting(True, "keep NCHW tensors (slower on CPU)", flag="--no-channels-last")
     tensorboard: bool = setting(False, "also log to RUN/tensorboard (needs `pip install tensorboard`)")
@@ -204,6 +212,8 @@ class TrainConfig:
             raise VaekitError(f"--free-bits must be >= 0, got {self.free_bits}")
         if self.checkpoint_every < 0:
             raise VaekitError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
+        if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise VaekitError(f"--ema must be a decay in [0, 1), got {self.ema}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
         _choice(self, "device", ("auto", "cpu", "cuda"))

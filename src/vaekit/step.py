@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import RunConfig, TrainConfig
 from .distributed import DistContext
@@ -30,6 +31,12 @@ class Trainer:
     optimizer: torch.optim.Adam
     settings: TrainConfig
     ctx: DistContext
+    ema: AveragedModel | None = None  # the moving average of the weights, with --ema
+
+    @property
+    def evaluated(self) -> VAE:
+        """The model validation, pictures and checkpoints' model.safetensors use: the average, if kept."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -57,6 +64,8 @@ def training_step(trainer: Trainer, x: torch.Tensor, lr: float, kl_w: float) -> 
     bad = trainer.ctx.all_reduce_max(bad)  # every rank skips the same steps
     optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
     optimizer.step()
+    if trainer.ema is not None:
+        trainer.ema.update_parameters(trainer.model)
     return StepOutput(terms, loss, bad, anomaly)
 
 
@@ -97,9 +106,16 @@ def build_trainer(
     model = model.to(memory_format=memory_format(t, model))
     training_networks(model, device)  # the fast twins; bf16 networks on a GPU, fp32 bounds
     optimizer = make_optimizer(model, t.lr)
+    ema = moving_average(model, t.ema) if t.ema else None
     # Each rank draws its own binarisation and reparameterisation noise.
     torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
-    return Trainer(model, model, optimizer, t, ctx)  # see data_parallel for several processes
+    return Trainer(model, model, optimizer, t, ctx, ema)  # see data_parallel for several processes
+
+
+def moving_average(model: VAE, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics (a copy,
+    updated after each step; the first update copies)."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -84,12 +84,14 @@ def save_training(run_dir: Path, trainer: Trainer, state: TrainState, device: to
     if not trainer.ctx.is_master:
         return
     training = {"optimizer": trainer.optimizer.state_dict(), "rng": rngs}
+    if trainer.ema is not None:  # model.safetensors holds the average; resuming needs the trained weights too
+        training["weights"] = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     if device.type == "cuda":
         training["cuda_rng"] = [torch.cuda.get_rng_state(device)]
     meta = {**state.to_json(), "vaekit_version": __version__}
     pointers = ("latest", "best") if best else ("latest",)
     try:
-        save_checkpoint(run_dir, trainer.model.state_dict(), meta, training, pointers=pointers)
+        save_checkpoint(run_dir, trainer.evaluated.state_dict(), meta, training, pointers=pointers)
     except OSError as exc:  # disk full, folder removed: the previous checkpoint is still whole
         raise VaekitError(
             f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}); "
@@ -102,11 +104,17 @@ def restore_training(run_dir: Path, trainer: Trainer, device: torch.device) -> T
     ckpt = load_checkpoint(run_dir, "latest", with_training=True)
     check_state_dict(trainer.model.state_dict(), ckpt.model, ckpt.path / "model.safetensors")
     training = ckpt.training if isinstance(ckpt.training, dict) else {}
-    missing = sorted(set(TrainState.keys()) - set(ckpt.state)) + [k for k in ("optimizer", "rng") if k not in training]
+    needed = ("optimizer", "rng", "weights") if trainer.ema is not None else ("optimizer", "rng")
+    missing = sorted(set(TrainState.keys()) - set(ckpt.state)) + [k for k in needed if k not in training]
     if missing:
         raise VaekitError(f"{ckpt.path} lacks {', '.join(missing)}; it cannot be resumed exactly, start a new run")
-    trainer.model.load_state_dict(ckpt.model)
     try:
+        if trainer.ema is not None:
+            trainer.ema.module.load_state_dict(ckpt.model)
+            trainer.model.load_state_dict(training["weights"])
+            trainer.ema.n_averaged.fill_(ckpt.state["step"])  # past the first update, which copies
+        else:
+            trainer.model.load_state_dict(ckpt.model)
         trainer.optimizer.load_state_dict(training["optimizer"])
         rngs = training["rng"]
         torch.set_rng_state(rngs[trainer.ctx.rank] if trainer.ctx.rank < len(rngs) else rngs[0])

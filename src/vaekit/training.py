@@ -222,6 +222,8 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
     state, ctx = run.state, run.trainer.ctx
     totals = sums.read(ctx)
     ctx.sync_buffers(run.trainer.model)  # evaluate and save rank 0's BatchNorm statistics on every rank
+    if run.trainer.ema is not None:
+        ctx.sync_buffers(run.trainer.ema.module)
     row = _metrics_row(run, totals, seconds)
     state.history.append(row)
     is_best = state.best_val_elbo is None or row["val_elbo"] > state.best_val_elbo
@@ -233,9 +235,9 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
     save_training(run.run_dir, run.trainer, state, run.device, best=is_best)  # every rank: it gathers their RNGs
     if not ctx.is_master:
         return
-    refresh_pictures(run.run_dir, run.trainer.model, run.data, run.device)
+    refresh_pictures(run.run_dir, run.trainer.evaluated, run.data, run.device)
     if run.tb:
-        run.tb.epoch(state.epoch, run.trainer.model, run.data, row)
+        run.tb.epoch(state.epoch, run.trainer.evaluated, run.data, row)
     print(
         f"epoch {state.epoch}/{run.settings.epochs}  train {row['objective']} {row['train_elbo']:.2f}  "
         f"val elbo {row['val_elbo']:.2f} (recon {row['val_recon']:.2f}, kl {row['val_kl']:.2f})  "
@@ -246,7 +248,7 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
 
 def _metrics_row(run: Run, totals: EpochSums, seconds: float) -> dict[str, Any]:
     """metrics.csv's row for the epoch just trained, with the validation set's bounds."""
-    model, binarize = run.trainer.model, run.config.data.binarize
+    model, binarize = run.trainer.evaluated, run.config.data.binarize
     val = bound_means(model, run.val_images, 256, binarize, VALIDATION_SEED, run.trainer.ctx)
     row = {
         "epoch": run.state.epoch + 1,
