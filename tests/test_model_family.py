@@ -9,6 +9,7 @@ import vaekit.training as train_module
 from conftest import make_tiny_splits, tiny_config
 from vaekit import registry
 from vaekit.cli import build_parser
+from vaekit.errors import VaekitError
 from vaekit.flags import config_from_args
 from vaekit.runs import load_run
 from vaekit.training import train
@@ -133,6 +134,19 @@ def test_cosine_learning_rate_follows_the_closed_form():
     assert t.lr_at(25, 100) == pytest.approx(0.01 * (1 + 2**-0.5))
     assert t.lr_at(100, 100) == pytest.approx(0.0, abs=1e-15) and t.lr_at(150, 100) == pytest.approx(0.0, abs=1e-15)
     assert TrainConfig(lr=0.02).lr_at(50, 100) == 0.02
+
+
+def test_learning_rate_warmup_rises_linearly_then_the_cosine_spans_the_rest():
+    from vaekit.config import TrainConfig
+
+    t = TrainConfig(lr=0.02, lr_schedule="cosine", lr_warmup=10)
+    assert [t.lr_at(s, 110) for s in (0, 4, 9)] == pytest.approx([0.002, 0.01, 0.02])
+    assert t.lr_at(10, 110) == pytest.approx(0.02)  # the cosine's first step
+    assert t.lr_at(60, 110) == pytest.approx(0.01)  # half-way through the 100 cosine steps
+    assert t.lr_at(110, 110) == pytest.approx(0.0, abs=1e-15)
+    assert TrainConfig(lr=0.02, lr_warmup=10).lr_at(50, 110) == 0.02
+    with pytest.raises(VaekitError, match="--lr-warmup must be >= 0"):
+        TrainConfig(lr_warmup=-1).validate()
 
 
 def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):

@@ -61,12 +61,13 @@ def cmd_sample(args) -> int:
 
     from .image_grids import save_image_grid
     from .runs import load_run
+    from .shipped import output_dir
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
     run = load_run(args.run)
     torch.manual_seed(args.seed)
-    out = Path(args.out or run.path / "samples.png")
+    out = Path(args.out or output_dir(run.path) / "samples.png")
     save_image_grid(run.model.sample(args.n), out)
     print(out)
     return 0
@@ -75,13 +76,14 @@ def cmd_sample(args) -> int:
 def cmd_reconstruct(args) -> int:
     from .image_grids import save_reconstructions
     from .runs import load_run, load_run_data
+    from .shipped import output_dir
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
     run = load_run(args.run)
     data = load_run_data(run.config)
     x = data.test.images[: args.n].float().div(255)
-    out = Path(args.out or run.path / "reconstructions.png")
+    out = Path(args.out or output_dir(run.path) / "reconstructions.png")
     save_reconstructions(run.model.crop(x), run.model.reconstruct(x), out)
     print(out)
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import VaekitError
 from .per_image import PER_IMAGE_FILE, read_per_image
+from .shipped import run_path
 
 EVALUATION = "evaluation.json"
 # evaluation.json settings that must agree for two runs' NLLs to be paired: (key, how a message names it)
@@ -61,7 +62,7 @@ def paired_difference(first: np.ndarray, other: np.ndarray) -> dict[str, float |
 
 def load_evaluated_run(run_dir: str | Path) -> EvaluatedRun:
     """A run's evaluation.json settings and per-image numbers; one-line VaekitErrors say what is missing."""
-    run = Path(run_dir)
+    run = run_path(run_dir)
     if not run.is_dir():
         raise VaekitError(f"run directory {run} does not exist; pass the folder `vaekit train --out` wrote")
     path = run / EVALUATION

@@ -151,6 +151,9 @@ class TrainConfig:
     lr: float = setting(1e-3, "learning rate of Adam (default {default})")
     # A pure function of the step (lr_at), so a resumed run needs no scheduler state.
     lr_schedule: str = setting("constant", "constant (default) or cosine: anneal --lr to 0 over --epochs")
+    lr_warmup: int = setting(
+        0, "optimizer steps of linear learning-rate warm-up from 0 to --lr (default 0)", metavar="STEPS"
+    )
     seed: int = setting(69420, "seed of the initial weights, the batch order and the noise (default {default})")
     device: str = setting("auto", "auto, cpu or cuda")
     beta: float = setting(1.0, "weight of the KL term (not 1: a beta-objective, not the ELBO)")
@@ -210,6 +213,8 @@ class TrainConfig:
             raise VaekitError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
         if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
             raise VaekitError(f"--free-bits must be >= 0, got {self.free_bits}")
+        if self.lr_warmup < 0:
+            raise VaekitError(f"--lr-warmup must be >= 0 steps, got {self.lr_warmup}")
         if self.checkpoint_every < 0:
             raise VaekitError(f"--checkpoint-every must be >= 0 steps, got {self.checkpoint_every}")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
@@ -237,8 +242,12 @@ class TrainConfig:
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of optimizer step `step` (0-based) of `total_steps`. A function of
-        the step alone, so a resumed run follows the same schedule without a scheduler state."""
+        the step alone, so a resumed run follows the same schedule without a scheduler state.
+        After `lr_warmup` steps rising linearly, the cosine anneals over the steps that remain."""
+        if step < self.lr_warmup:
+            return self.lr * (step + 1) / self.lr_warmup
         if self.lr_schedule == "cosine":
+            step, total_steps = step - self.lr_warmup, total_steps - self.lr_warmup
             return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
         return self.lr
 

@@ -22,6 +22,7 @@ from .per_image import ARRAYS, PER_IMAGE_FILE, PerImage, arrays_sha256, indices_
 from .pictures import missing_pictures
 from .runs import load_run, load_run_data
 from .sample_quality import quality_numbers
+from .shipped import is_shipped, output_dir
 from .speed import full_precision, inference_model
 from .usage import component_usage
 
@@ -297,11 +298,13 @@ def evaluate_run(
     text = json.dumps(out, indent=2) + "\n"
     # The per-image file first: evaluation.json names its hash, so an interruption between the
     # two writes leaves a pair that `vaekit compare` refuses rather than mismatches.
-    atomic_write_bytes(Path(run.path) / PER_IMAGE_FILE, per_image_bytes(per_image))
-    atomic_write_text(Path(run.path) / "evaluation.json", text)
+    out_dir = output_dir(run.path)
+    atomic_write_bytes(out_dir / PER_IMAGE_FILE, per_image_bytes(per_image))
+    atomic_write_text(out_dir / "evaluation.json", text)
     if json_path:
         atomic_write_text(Path(json_path), text)
-    missing_pictures(run, data)
+    if not is_shipped(run.path):
+        missing_pictures(run, data)
     return out
 
 

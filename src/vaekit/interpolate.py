@@ -10,6 +10,7 @@ from .batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
 from .errors import VaekitError
 from .image_grids import save_interpolation
 from .runs import load_run, load_run_data
+from .shipped import output_dir
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
@@ -75,7 +76,7 @@ def interpolate_run(
     x = binarize_fixed(test, EVAL_BINARIZE_SEED) if run.config.data.binarize else to_float(test)
     chosen = _pick_pairs(data.test.labels[:200] if data.test.labels is not None else None, len(test), pairs, seed)
     strips, labels = interpolation_strips(run.model, x, chosen, steps)
-    return save_interpolation(strips, Path(out) if out else run.path / "interpolations.png", labels)
+    return save_interpolation(strips, Path(out) if out else output_dir(run.path) / "interpolations.png", labels)
 
 
 def _pick_pairs(labels: torch.Tensor | None, n: int, pairs: int, seed: int) -> list[tuple[int, int]]:

@@ -19,6 +19,7 @@ from .config import RunConfig
 from .data import DatasetSplits, load_dataset
 from .errors import VaekitError
 from .model import VAE, check_networks_given
+from .shipped import run_path
 from .usage import USAGE_COLUMNS
 
 CONFIG = "config.json"
@@ -53,7 +54,7 @@ class LoadedRun:
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
+    run_dir = run_path(run_dir)
     if not run_dir.is_dir():
         raise VaekitError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --out` wrote")
     if not (run_dir / CONFIG).is_file():
@@ -75,7 +76,8 @@ def load_run(
     encoder: nn.Module | None = None,
     decoder: nn.Module | None = None,
 ) -> LoadedRun:
-    """The model of a finished (or interrupted) run, in eval mode, on `device`.
+    """The model of a finished (or interrupted) run, in eval mode, on `device`. `run_dir` may
+    name a shipped model: "zoo:fashion-mnist" (see `zoo_names`).
 
     A run trained with its own networks (VAE(config, encoder=..., decoder=...)) needs fresh
     instances of them: their weights are loaded from the checkpoint into these modules.

@@ -1,0 +1,101 @@
+"""Shipped models: loadable offline as "zoo:NAME", their folders never written to, and their
+evaluation.json reproduced by `vaekit evaluate` with the same settings."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vaekit.shipped as shipped
+import vaekit.training as train_module
+from conftest import make_tiny_splits, tiny_config
+from vaekit.checkpoint import resolve_pointer
+from vaekit.cli import main
+from vaekit.compare import compare_runs, load_evaluated_run
+from vaekit.errors import VaekitError
+from vaekit.evaluate import evaluate_run
+from vaekit.per_image import PER_IMAGE_FILE
+from vaekit.runs import load_run
+from vaekit.training import train
+
+REAL_ZOO = shipped.zoo_names()
+EVAL = dict(samples=20, test_subset=12, batch_size=6, quality=False, progress=False, seed=3)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_tiny_splits(n=60)
+
+
+@pytest.fixture
+def fake_zoo(splits, tmp_path, monkeypatch):
+    """A zoo holding "tiny": a trained run, evaluated, shipped as scripts/ship_zoo.py ships one."""
+    monkeypatch.setattr(train_module, "refresh_pictures", lambda *args, **kwargs: None)
+    run = train(
+        tiny_config(data__train_subset=16, train__batch_size=8), out=tmp_path / "run", data=splits, progress=False
+    )
+    evaluate_run(run, data=splits, **EVAL)
+    zoo = tmp_path / "zoo"
+    checkpoint = resolve_pointer(run / "checkpoints", "latest")
+    (zoo / "tiny" / "checkpoints" / checkpoint.name).mkdir(parents=True)
+    for name in ("config.json", "metrics.csv", "evaluation.json", PER_IMAGE_FILE):
+        shutil.copy2(run / name, zoo / "tiny" / name)
+    for name in ("model.safetensors", "state.json"):
+        shutil.copy2(checkpoint / name, zoo / "tiny" / "checkpoints" / checkpoint.name / name)
+    (zoo / "tiny" / "checkpoints" / "latest").write_text(checkpoint.name + "\n")
+    monkeypatch.setattr(shipped, "ZOO_DIR", zoo)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return zoo / "tiny"
+
+
+def test_a_shipped_model_reproduces_its_evaluation_and_leaves_its_folder_as_shipped(fake_zoo, splits):
+    before = _hashes(fake_zoo)
+    assert load_run("zoo:tiny").path == fake_zoo
+    evaluate_run("zoo:tiny", data=splits, **EVAL)
+    assert _hashes(fake_zoo) == before
+    again = load_evaluated_run("zoo-tiny")  # written beside the caller, not into the package
+    shipped_eval = load_evaluated_run("zoo:tiny")
+    assert np.array_equal(again.nll, shipped_eval.nll)  # to the last digit
+    result = compare_runs(["zoo:tiny", "zoo-tiny"])
+    assert result["runs"][1]["minus_first"]["mean"] == 0.0
+
+
+def test_vaekit_sample_on_a_shipped_model_writes_beside_the_caller(fake_zoo):
+    before = _hashes(fake_zoo)
+    assert main(["sample", "zoo:tiny", "-n", "4"]) == 0
+    assert Path("zoo-tiny/samples.png").is_file()
+    assert _hashes(fake_zoo) == before
+
+
+def test_an_unknown_shipped_model_is_named_with_what_the_zoo_holds(fake_zoo, capsys):
+    assert main(["sample", "zoo:nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "vaekit: error: there is no shipped model 'zoo:nope'; the zoo holds zoo:tiny"
+    with pytest.raises(VaekitError, match="no shipped model"):
+        load_run("zoo:nope")
+
+
+@pytest.mark.skipif(not REAL_ZOO, reason="no model shipped in src/vaekit/zoo")
+@pytest.mark.parametrize("name", REAL_ZOO)
+def test_each_shipped_model_is_small_whole_and_quoted_as_evaluated(name):
+    folder = shipped.ZOO_DIR / name
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 5 * 2**20
+    run = load_run(f"zoo:{name}")
+    assert run.model.sample(2).shape[0] == 2
+    evaluated = load_evaluated_run(f"zoo:{name}")  # checks the per-image file against its hash
+    card = json.loads((folder / "model_card.json").read_text())
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert card["test_nll"] == evaluation["test"]["nll"]
+    assert float(evaluated.nll.mean()) == pytest.approx(evaluation["test"]["nll"]["mean"])
+    assert evaluation["settings"]["checkpoint_step"] == run.state["step"]
