@@ -195,3 +195,13 @@ def test_a_run_saved_before_width_existed_loads_with_the_notebooks_widths(splits
     (out / "config.json").write_text(json.dumps(saved))
     model = load_run(out).model
     assert [block[0].out_channels for block in model.encoder.body] == [32, 64, 128, 256]
+
+
+def test_settings_added_later_mean_what_runs_before_them_were_trained_with():
+    from vaekit.config import RunConfig
+
+    saved = RunConfig().to_dict()
+    for section, name in (("model", "width"), ("train", "ema"), ("train", "lr_warmup")):
+        del saved[section][name]
+    old = RunConfig.from_dict(saved)
+    assert (old.model.width, old.train.ema, old.train.lr_warmup) == (256, 0.0, 0)

@@ -273,6 +273,11 @@ class TrainConfig:
         return f"beta-objective(beta={self.beta:g}, warmup={self.kl_warmup:g}, free_bits={self.free_bits:g})"
 
 
+# What a config.json written before a setting existed meant by leaving it out, where today's
+# default differs: such a run loads, evaluates and resumes as it was trained.
+ABSENT_MEANS: dict[str, dict[str, Any]] = {"model": {"width": 256}, "train": {"ema": 0.0, "lr_warmup": 0}}
+
+
 @dataclass
 class RunConfig:
     """A run's settings, one section per concern, and the vaekit version that trained it."""
@@ -318,6 +323,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> RunConfig:
+        if isinstance(data, dict):
+            data = dict(data)
+            for section, absent in ABSENT_MEANS.items():
+                if isinstance(data.get(section), dict):
+                    data[section] = {**absent, **data[section]}
         return from_dict(cls, data, where)
 
     @classmethod
