@@ -41,9 +41,10 @@ def test_the_checkpoint_holds_the_recursive_average_of_every_steps_weights(split
     out = train(_config(), out=tmp_path / "run", data=splits, progress=False)
     assert len(after_each_step) == 8
     average = dict(after_each_step[0])  # the first update copies
-    for weights in after_each_step[1:]:
+    for n, weights in enumerate(after_each_step[1:], start=1):
+        d = min(0.7, (1 + n) / (10 + n))  # the decay warms up: 2/11, 3/12, ...
         for k, v in weights.items():
-            average[k] = 0.7 * average[k] + 0.3 * v if v.is_floating_point() else v
+            average[k] = d * average[k] + (1 - d) * v if v.is_floating_point() else v
     ckpt = load_checkpoint(out, "latest", with_training=True)
     for k, v in ckpt.model.items():  # BatchNorm's running statistics are averaged too
         if v.is_floating_point():
@@ -91,3 +92,11 @@ def test_a_stopped_and_resumed_run_ends_on_the_same_average_and_weights(splits, 
 def test_a_decay_outside_zero_to_one_is_refused(decay):
     with pytest.raises(VaekitError, match="--ema must be a decay in \\[0, 1\\)"):
         _config(train__ema=decay).validate()
+
+
+def test_the_decay_warms_up_to_the_one_asked_for():
+    from vaekit.step import ema_decay
+
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay(0.7, 100) == 0.7 and ema_decay(0.999, 10**6) == 0.999

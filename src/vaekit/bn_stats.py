@@ -3,7 +3,8 @@
 The running averages BatchNorm keeps in training trail the weights (momentum 0.1 over the last
 steps), and with --ema they are an average of averages; p(x|z) at evaluation then uses
 statistics no single set of weights produced. One pass over the training images with the final
-weights gives the exact population statistics instead.
+weights gives the statistics of those weights instead (torch.optim.swa_utils.update_bn: the
+mean over batches of each batch's mean and unbiased variance).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ BN_SEED = 777  # the binarisation and latent draws of the pass: the same statist
 def reestimate_batchnorm(
     model: torch.nn.Module, images: torch.Tensor, binarize: bool, batch_size: int = 500
 ) -> torch.nn.Module:
-    """A copy of `model` in eval mode whose BatchNorm layers hold the mean and variance of their
-    inputs over `images` (uint8), with the encoder fed the images as training feeds them and the
-    decoder one posterior draw per image. The caller's model and RNG are left as they were."""
+    """A copy of `model` in eval mode whose BatchNorm layers hold the mean over batches of
+    `images` (uint8) of their batch mean and variance, the encoder fed the images binarised as in
+    training and the decoder one posterior draw per image. The caller's model and RNG are left as
+    they were."""
     copied = copy.deepcopy(model)
     device = next(copied.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .config import RunConfig, TrainConfig
 from .distributed import DistContext
@@ -114,8 +114,25 @@ def build_trainer(
 
 def moving_average(model: VAE, decay: float) -> AveragedModel:
     """An exponential moving average of `model`'s weights and BatchNorm statistics (a copy,
-    updated after each step; the first update copies)."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    updated after each step; the first update copies). Its decay warms up as
+    min(decay, (1 + n) / (10 + n)) after n updates, so that the first weights, which a short run
+    would otherwise still carry a share of at its end, are forgotten at the pace training moves."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+        n = int(average.n_averaged)  # kept on the CPU: no device sync
+        d = ema_decay(decay, n)
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # BatchNorm's step counters
+            torch._foreach_copy_(averaged, current)
+
+    average = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    return average
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The decay of the moving average's update after `updates` earlier ones."""
+    return min(decay, (1 + updates) / (10 + updates))
 
 
 def seed_everything(seed: int) -> None:
