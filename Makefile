@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 # Without an NVIDIA GPU take PyTorch's CPU build (about 200 MB; a local wheel where pip's find-links has one) instead of PyPI's CUDA one (several GB).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-DEMO_EPOCHS ?= 4
+DEMO_EPOCHS ?= 8
 DEMO_OUT ?= runs/demo
 
 .PHONY: install data demo test bench clean

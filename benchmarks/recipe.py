@@ -37,6 +37,8 @@ VARIANTS: dict[str, list[str]] = {
     "vamp": ["--prior", "vamp", "--prior-components", "100"],
     "latent16": ["--latent-size", "16"],
     "seed2": ["--seed", "2"],
+    "lr2e-3-seed2": ["--lr", "2e-3", "--lr-warmup", "400", "--seed", "2"],
+    "vamp-lr2e-3": ["--lr", "2e-3", "--lr-warmup", "400", "--prior", "vamp", "--prior-components", "100"],
 }
 TEST_IMAGES, SAMPLES, EVAL_SEED = 2000, 250, 2024
 

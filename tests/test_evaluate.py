@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     data = make_tiny_splits(240)
     out = tmp_path_factory.mktemp("runs") / "run"
     torch.manual_seed(0)
-    train(tiny_config(model__components=2, train__epochs=2), out=out, data=data, progress=False)
+    train(tiny_config(model__components=2, model__width=256, train__epochs=2), out=out, data=data, progress=False)
     return out, data
 
 

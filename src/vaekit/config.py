@@ -60,7 +60,7 @@ class ModelConfig:
     latent_size: int = setting(32, "dimensions D of the latent space (default {default})")
     # Each block before the widest has half its channels.
     width: int = setting(
-        256, "channels of the widest conv block (default {default}, the notebook's; 128 trains ~3x faster on a CPU)"
+        128, "channels of the widest conv block (default {default}; 256 is the notebook's, ~3x slower on a CPU)"
     )
     components: int = setting(1, "mixture components K of q(z|x)")  # K=1 is the ordinary VAE
     # "equal" is MISELBO's (Kviman et al. 2023): no component can take the others' weight.
@@ -146,13 +146,14 @@ class DataConfig:
 class TrainConfig:
     """How the model is trained: the objective, the optimizer, the schedule and the budget."""
 
-    epochs: int = setting(10, "passes over the training set (default {default})")
+    # 24 fill about 20 minutes of a 2-core CPU at the default width: benchmarks/recipe.py's budget.
+    epochs: int = setting(24, "passes over the training set (default {default})")
     batch_size: int = setting(128, "training images per optimizer step (default {default})")
-    lr: float = setting(1e-3, "learning rate of Adam (default {default})")
+    lr: float = setting(2e-3, "peak learning rate of Adam (default {default})")
     # A pure function of the step (lr_at), so a resumed run needs no scheduler state.
-    lr_schedule: str = setting("constant", "constant (default) or cosine: anneal --lr to 0 over --epochs")
+    lr_schedule: str = setting("cosine", "cosine (default): anneal --lr to 0 over --epochs; or constant")
     lr_warmup: int = setting(
-        0, "optimizer steps of linear learning-rate warm-up from 0 to --lr (default 0)", metavar="STEPS"
+        400, "optimizer steps of linear learning-rate warm-up from 0 to --lr (default {default})", metavar="STEPS"
     )
     seed: int = setting(69420, "seed of the initial weights, the batch order and the noise (default {default})")
     device: str = setting("auto", "auto, cpu or cuda")
@@ -275,7 +276,10 @@ class TrainConfig:
 
 # What a config.json written before a setting existed meant by leaving it out, where today's
 # default differs: such a run loads, evaluates and resumes as it was trained.
-ABSENT_MEANS: dict[str, dict[str, Any]] = {"model": {"width": 256}, "train": {"ema": 0.0, "lr_warmup": 0}}
+ABSENT_MEANS: dict[str, dict[str, Any]] = {
+    "model": {"width": 256},
+    "train": {"ema": 0.0, "lr_warmup": 0, "lr_schedule": "constant"},
+}
 
 
 @dataclass
