@@ -11,6 +11,7 @@ that change what is evaluated rather than how it trains are derived from a train
 training again:
     NAME:trained   the trained weights instead of the moving average (runs trained with --ema)
     NAME:bn        BatchNorm statistics re-estimated over the training set after training
+(NAME:KIND evaluates the derived run only; name NAME too for the run as trained).
 The table pairs every row with the first (`vaekit compare`): mean per-image NLL difference ±
 its standard error over the same images. Results: RESULTS/recipe.json and RUNS/<variant>/.
 """
@@ -120,9 +121,7 @@ def main() -> None:
         if base_name not in VARIANTS:
             raise SystemExit(f"unknown variant {base_name!r}; known: {', '.join(VARIANTS)}")
         run = train(base_name, VARIANTS[base_name], args.epochs, runs)
-        evaluate(run)
-        if kind:
-            evaluate(derive(run, kind))
+        evaluate(derive(run, kind) if kind else run)
     from vaekit.compare import compare_runs, format_comparison
 
     done = sorted((p for p in runs.iterdir() if (p / "evaluation.json").is_file()), key=lambda p: p.name != args.first)

@@ -99,3 +99,36 @@ def test_each_shipped_model_is_small_whole_and_quoted_as_evaluated(name):
     assert card["test_nll"] == evaluation["test"]["nll"]
     assert float(evaluated.nll.mean()) == pytest.approx(evaluation["test"]["nll"]["mean"])
     assert evaluation["settings"]["checkpoint_step"] == run.state["step"]
+
+
+def _fashion_mnist_available() -> bool:
+    try:
+        from vaekit.data import load_dataset
+
+        load_dataset("fashion-mnist", download=False)
+        return True
+    except VaekitError:
+        return False
+
+
+@pytest.mark.skipif(not REAL_ZOO or not _fashion_mnist_available(), reason="needs a shipped model and Fashion-MNIST")
+def test_the_shipped_model_reproduces_its_first_batch_to_the_last_digit(tmp_path, monkeypatch):
+    # The evaluation draws batch after batch from one seeded stream, so the first batch of the
+    # shipped evaluation is what evaluating only those images gives: seconds, not the full protocol.
+    name = REAL_ZOO[0]
+    shipped_eval = load_evaluated_run(f"zoo:{name}")
+    settings = json.loads((shipped.ZOO_DIR / name / "evaluation.json").read_text())["settings"]
+    monkeypatch.chdir(tmp_path)
+    batch = settings["batch_size"]
+    evaluate_run(
+        f"zoo:{name}",
+        samples=settings["nll_samples"],
+        test_subset=batch,
+        batch_size=batch,
+        quality=False,
+        progress=False,
+        seed=settings["sampling_seed"],
+        checkpoint=settings["checkpoint"],
+    )
+    again = load_evaluated_run(f"zoo-{name}")
+    assert np.array_equal(again.nll, shipped_eval.nll[:batch])
