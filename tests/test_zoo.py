@@ -78,6 +78,13 @@ def test_vaekit_sample_on_a_shipped_model_writes_beside_the_caller(fake_zoo):
     assert _hashes(fake_zoo) == before
 
 
+def test_vaekit_report_refuses_a_shipped_model_before_writing_anything(fake_zoo, capsys):
+    before = _hashes(fake_zoo)
+    assert main(["report", "zoo:tiny"]) == 2
+    assert capsys.readouterr().err.startswith("vaekit: error: zoo:tiny is a shipped model;")
+    assert _hashes(fake_zoo) == before
+
+
 def test_an_unknown_shipped_model_is_named_with_what_the_zoo_holds(fake_zoo, capsys):
     assert main(["sample", "zoo:nope"]) == 2
     err = capsys.readouterr().err.strip()

@@ -165,7 +165,13 @@ def cmd_interpolate(args) -> int:
 def cmd_report(args) -> int:
     from .pictures import ensure_pictures
     from .report import write_report
+    from .shipped import is_shipped, run_path
 
+    if is_shipped(run_path(args.run)):  # its pictures would be written into the shipped folder
+        raise VaekitError(
+            f"{args.run} is a shipped model; vaekit report reads and writes a run folder you trained "
+            "(vaekit sample, reconstruct, interpolate and evaluate work on it)"
+        )
     ensure_pictures(args.run)
     print(write_report(args.run))
     return 0
