@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 BASE = ["--width", "128", "--lr-schedule", "cosine", "--val-size", "10000", "--ema", "0.999"]
@@ -114,7 +113,6 @@ def main() -> None:
     parser.add_argument("--first", default="base", help="the row every other is paired with")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     runs = Path(args.runs)
     for name in filter(None, args.only.split(",")):
         base_name, _, kind = name.partition(":")

@@ -19,10 +19,9 @@ from .config import RunConfig
 from .data import DatasetSplits, load_dataset
 from .errors import VaekitError
 from .model import VAE, check_networks_given
-from .shipped import run_path
+from .shipped import CONFIG, run_path
 from .usage import USAGE_COLUMNS
 
-CONFIG = "config.json"
 METRICS = "metrics.csv"
 METRIC_COLUMNS = [
     "epoch",

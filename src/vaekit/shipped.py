@@ -14,7 +14,7 @@ from .errors import VaekitError
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 ZOO_PREFIX = "zoo:"
-CONFIG = "config.json"
+CONFIG = "config.json"  # a run folder's settings file, here because this module needs no torch
 
 
 def zoo_names() -> list[str]:
