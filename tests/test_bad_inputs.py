@@ -343,6 +343,16 @@ CASES = [
         lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--device", "cuda"],
         ["CUDA is not available", "--device cpu"],
     ),
+    (
+        "evaluate-device-cuda-absent",
+        lambda t, n, r, m: ["evaluate", str(r), "--device", "cuda", "--no-quality"],
+        ["CUDA is not available", "--device cpu"],
+    ),
+    (
+        "sample-unknown-device",
+        lambda t, n, r, m: ["sample", str(r), "--device", "tpu"],
+        ["invalid choice: 'tpu'", "--help"],
+    ),
 ]
 
 

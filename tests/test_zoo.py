@@ -136,6 +136,7 @@ def test_the_shipped_model_reproduces_its_first_batch_to_the_last_digit(tmp_path
         progress=False,
         seed=settings["sampling_seed"],
         checkpoint=settings["checkpoint"],
+        device=settings.get("device", "cpu"),  # the draws differ between CPU and CUDA
     )
     again = load_evaluated_run(f"zoo-{name}")
     assert np.array_equal(again.nll, shipped_eval.nll[:batch])

@@ -59,32 +59,35 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
+    from .distributed import resolve_device
     from .image_grids import save_image_grid
     from .runs import load_run
     from .shipped import output_dir
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
-    run = load_run(args.run)
+    run = load_run(args.run, device=resolve_device(args.device))
     torch.manual_seed(args.seed)
     out = Path(args.out or output_dir(run.path) / "samples.png")
-    save_image_grid(run.model.sample(args.n), out)
+    save_image_grid(run.model.sample(args.n).cpu(), out)
     print(out)
     return 0
 
 
 def cmd_reconstruct(args) -> int:
+    from .distributed import resolve_device
     from .image_grids import save_reconstructions
     from .runs import load_run, load_run_data
     from .shipped import output_dir
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
-    run = load_run(args.run)
+    device = resolve_device(args.device)
+    run = load_run(args.run, device=device)
     data = load_run_data(run.config)
     x = data.test.images[: args.n].float().div(255)
     out = Path(args.out or output_dir(run.path) / "reconstructions.png")
-    save_reconstructions(run.model.crop(x), run.model.reconstruct(x), out)
+    save_reconstructions(run.model.crop(x), run.model.reconstruct(x.to(device)).cpu(), out)
     print(out)
     return 0
 
@@ -108,6 +111,7 @@ def cmd_evaluate(args) -> int:
         fast=not args.plain,
         compile=args.compile,
         checkpoint=args.checkpoint,
+        device=args.device,
     )
     if args.headline:
         from .compare import headline
@@ -214,6 +218,7 @@ def _add_evaluation_commands(sub) -> None:
         "ended the run mid-epoch",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_flag(p)
     p.add_argument(
         "--headline",
         action="store_true",
@@ -246,6 +251,16 @@ def _add_evaluation_commands(sub) -> None:
     p.add_argument("run")
 
 
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    # The random draws differ between CPU and CUDA: a number reproduces to the last digit on the device it was made on.
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default: CUDA where there is one), cpu or cuda",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaekit", description="Variational autoencoders with a mixture-of-Gaussians posterior.")
     from . import __version__
@@ -258,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out")
     p.add_argument("--seed", type=int, default=0)
+    _add_device_flag(p)
     p = sub.add_parser("reconstruct", help="test images beside their reconstructions")
     p.add_argument("run")
     p.add_argument("-n", type=int, default=32)
     p.add_argument("--out")
+    _add_device_flag(p)
     _add_evaluation_commands(sub)
     return parser
 

@@ -16,6 +16,7 @@ from . import __version__, registry
 from .atomic import atomic_write_bytes, atomic_write_text
 from .batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
 from .classifier import ClassifierSpec, data_pixels, get_classifier
+from .distributed import resolve_device
 from .errors import VaekitError
 from .objectives import elbo_terms, log_likelihood_estimate
 from .per_image import ARRAYS, PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
@@ -217,6 +218,7 @@ def evaluate_run(
     checkpoint: str = "best",
     encoder: torch.nn.Module | None = None,
     decoder: torch.nn.Module | None = None,
+    device: str = "auto",
 ) -> dict:
     """Evaluates a run directory; writes RUN/evaluation.json (and `json_path`) and returns the dict,
     and the per-image NLLs and ELBOs to RUN/evaluation_per_image.npz (see per_image.py).
@@ -228,6 +230,8 @@ def evaluate_run(
     `fast` (the default) evaluates the BatchNorm-folded channels_last copy: the same numbers to
     float rounding, about 2x faster on CPU; `compile` also torch.compiles it.
     `encoder` and `decoder`: fresh instances of a run's own networks, as vaekit.load_run takes them.
+    `device`: auto (CUDA where there is one), cpu or cuda. The importance samples are drawn on
+    it, so the same seed gives the same numbers only on the same kind of device.
     """
     if samples < 1:
         raise VaekitError(f"--nll-samples must be positive, got {samples}")
@@ -237,7 +241,8 @@ def evaluate_run(
         raise VaekitError(f"--batch-size must be positive, got {batch_size}")
     if checkpoint not in ("best", "latest"):
         raise VaekitError(f"--checkpoint must be 'best' or 'latest', got {checkpoint!r}")
-    run = load_run(run_dir, checkpoint, encoder=encoder, decoder=decoder)
+    on = resolve_device(device)
+    run = load_run(run_dir, checkpoint, device=on, encoder=encoder, decoder=decoder)
     data = data or load_run_data(run.config)
     images = data.test.images[:test_subset] if test_subset else data.test.images
     started = time.perf_counter()
@@ -282,6 +287,7 @@ def evaluate_run(
             "vaekit_version": __version__,
             "proposal": "q(z|x), z_s drawn from the full mixture",
             "network_path": _network_path(run.model, fast, compile),
+            "device": on.type,
         },
         **result,
         "per_image": {
