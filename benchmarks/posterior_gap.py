@@ -154,7 +154,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "posterior_gap.json"))
     args = p.parse_args(argv)
     check_density()
-    rows = [measure(run, args) for run in args.runs]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in args.runs:  # written after each run, so a run that is stopped keeps what it measured
+        rows.append(measure(run, args))
+        out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
     print(f"\nfirst {args.images} test images; {args.steps} Adam steps of {args.samples} draws per component")
     columns = ("log p(x)", "encoder", "Gaussian", "mixture")
     print(f"{'run':28} " + " ".join(f"{c:>9}" for c in columns) + f"  {'gap: Gaussian':>15}  {'mix - Gauss':>15}")
@@ -164,9 +169,6 @@ def main(argv=None) -> int:
             f"{r['run'][-28:]:28} {r['log_px']:9.2f} {r['elbo_encoder']:9.2f} {r['elbo_gaussian']:9.2f} "
             f"{r['elbo_mixture']:9.2f}  {g['mean']:7.3f}±{g['stderr']:.3f}  {m['mean']:7.3f}±{m['stderr']:.3f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
