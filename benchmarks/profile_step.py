@@ -3,8 +3,8 @@
     python benchmarks/profile_step.py --device cuda [--width 128] [--components 1] [--estimator marginal]
 
 Times the step vaekit.training runs (build_trainer, make_batch, training_step: fused Adam, finite
-flags, no host sync) at several batch sizes, with the networks under bf16 autocast (what
-training does on a GPU) and in fp32, then profiles 20 steps of the default and prints the
+flags, no host sync) at several batch sizes, with the networks in fp32 (the default) and under
+bf16 autocast (`--precision bf16`) on a GPU, then profiles 20 steps of --precision and prints the
 operators that take the most host time and the kernels launched per step. On a GPU a small
 network's step is bound by the host (Python and kernel launches), not by arithmetic: the
 images/s at growing batch sizes show how far. Writes benchmarks/results/profile_step.json.
@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,7 +24,6 @@ from torch.profiler import ProfilerActivity, profile
 from vaekit.batching import make_batch
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.distributed import DistContext
-from vaekit.speed import full_precision
 from vaekit.step import build_trainer, training_step
 
 
@@ -34,11 +32,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_trainer(args: argparse.Namespace, batch: int, device: torch.device):
+def make_trainer(args: argparse.Namespace, batch: int, device: torch.device, precision: str = "fp32"):
     config = RunConfig(
         ModelConfig(latent_size=32, components=args.components, width=args.width),
         DataConfig(dataset="fashion-mnist"),
-        TrainConfig(batch_size=batch, device=device.type, mixture_estimator=args.estimator),
+        TrainConfig(batch_size=batch, device=device.type, mixture_estimator=args.estimator, precision=precision),
     )
     trainer = build_trainer(config, None, None, DistContext(), device)
     images = torch.randint(0, 256, (batch, 1, 32, 32), dtype=torch.uint8, device=device)
@@ -47,19 +45,18 @@ def make_trainer(args: argparse.Namespace, batch: int, device: torch.device):
     return trainer, lambda: training_step(trainer, make_batch(images, index, True, fmt), 1e-3, 1.0)
 
 
-def images_per_s(args: argparse.Namespace, batch: int, fp32: bool, device: torch.device) -> float:
-    trainer, step = make_trainer(args, batch, device)
-    with full_precision(trainer.model) if fp32 else nullcontext():
-        for _ in range(5):
+def images_per_s(args: argparse.Namespace, batch: int, precision: str, device: torch.device) -> float:
+    _, step = make_trainer(args, batch, device, precision)
+    for _ in range(5):
+        step()
+    rates = []
+    for _ in range(args.repeats):
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(args.steps):
             step()
-        rates = []
-        for _ in range(args.repeats):
-            sync(device)
-            started = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            sync(device)
-            rates.append(args.steps * batch / (time.perf_counter() - started))
+        sync(device)
+        rates.append(args.steps * batch / (time.perf_counter() - started))
     return statistics.median(rates)
 
 
@@ -69,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--components", type=int, default=1)
     p.add_argument("--estimator", default="marginal")
+    p.add_argument("--precision", default="fp32", help="the profiled step's: fp32 (default) or bf16")
     p.add_argument("--batches", default="128,512,2048", help="batch sizes to time (default 128,512,2048)")
     p.add_argument("--steps", type=int, default=30, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=3)
@@ -77,12 +75,12 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     rates = {}
     for batch in [int(b) for b in args.batches.split(",")]:
-        for fp32 in (False, True) if device.type == "cuda" else (True,):
-            key = f"batch {batch}, {'fp32' if fp32 else 'bf16 autocast'}"
-            rates[key] = images_per_s(args, batch, fp32, device)
+        for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
+            key = f"batch {batch}, {precision}"
+            rates[key] = images_per_s(args, batch, precision, device)
             print(f"{key:32} {rates[key]:12.0f} images/s  {1e3 * batch / rates[key]:8.2f} ms/step", flush=True)
 
-    trainer, step = make_trainer(args, 128, device)
+    _, step = make_trainer(args, 128, device, args.precision)
     for _ in range(5):
         step()
     sync(device)

@@ -58,7 +58,7 @@ def test_the_networks_under_bf16_autocast_agree_with_fp32_on_the_cpu():
         q_cpu, logits_cpu = model.encode(x), model.decode(z).logits
         on_gpu = model.to(CUDA)
         q_fp32, logits_fp32 = on_gpu.encode(x.to(CUDA)), on_gpu.decode(z.to(CUDA)).logits
-        autocast = training_networks(on_gpu, CUDA)
+        autocast = training_networks(on_gpu, CUDA, "bf16")
         q_bf16, logits_bf16 = autocast.encode(x.to(CUDA)), autocast.decode(z.to(CUDA)).logits
     # fp32 on the GPU (cuDNN may use TF32 for convolutions: ~1e-3), bf16's 8-bit mantissa: ~1e-2
     assert _relative_error(logits_fp32, logits_cpu) < 3e-3

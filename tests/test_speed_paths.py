@@ -8,21 +8,24 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_splits
+from conftest import make_tiny_splits, tiny_config
 from vaekit.batching import binarize_fixed
-from vaekit.config import ModelConfig
+from vaekit.config import ModelConfig, RunConfig
+from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate_model
 from vaekit.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
 from vaekit.model import VAE
 from vaekit.networks import ConvDecoder, ConvEncoder
 from vaekit.objectives import training_loss
 from vaekit.speed import (
+    AutocastNetwork,
     autocast_networks,
     fast_networks,
     fold_batchnorm,
     full_precision,
     inference_model,
     network_autocast,
+    training_networks,
 )
 
 
@@ -206,3 +209,17 @@ def test_fast_networks_keep_autocast_on_networks_that_had_it():
     assert type(model.encoder).__name__ == "AutocastFusedHeadsConvEncoder"
     with full_precision(model):
         assert type(model.encoder) is FusedHeadsConvEncoder and type(model.decoder) is ConvDecoder
+
+
+def test_networks_run_in_fp32_on_a_gpu_unless_bf16_is_asked_for() -> None:
+    gpu = torch.device("cuda")  # only the classes are swapped: nothing runs, so no GPU is needed
+    default = training_networks(VAE(tiny_config().model), gpu, tiny_config().train.precision)
+    bf16 = training_networks(VAE(tiny_config().model), gpu, "bf16")
+    on_cpu = training_networks(VAE(tiny_config().model), torch.device("cpu"), "bf16")
+    assert not isinstance(default.decoder, AutocastNetwork) and not isinstance(on_cpu.decoder, AutocastNetwork)
+    assert isinstance(bf16.decoder, AutocastNetwork) and isinstance(bf16.encoder, AutocastNetwork)
+    data = tiny_config().to_dict()
+    del data["train"]["precision"]  # a run from before the setting trained its networks in bf16 on a GPU
+    assert RunConfig.from_dict(data).train.precision == "bf16"
+    with pytest.raises(VaekitError, match="--precision"):
+        tiny_config(train__precision="fp16").validate()

@@ -188,6 +188,11 @@ class TrainConfig:
     )
     detect_anomaly: bool = setting(False, "run under torch.autograd's anomaly detection (slow)")
     channels_last: bool = setting(True, "keep NCHW tensors (slower on CPU)", flag="--no-channels-last")
+    # bf16 lost to fp32 for vaekit's own networks on an H100 (benchmarks/README.md: the step is
+    # bound by kernel launches, which the casts add to); it may pay for a wide network of one's own.
+    precision: str = setting(
+        "fp32", "the networks' arithmetic on a GPU: fp32 (default) or bf16 (autocast; the bounds stay fp32)"
+    )
     tensorboard: bool = setting(False, "also log to RUN/tensorboard (needs `pip install tensorboard`)")
     # Counted from this process's start, so a resumed run gets a budget of its own.
     max_minutes: float | None = setting(
@@ -223,6 +228,7 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
         _choice(self, "device", ("auto", "cpu", "cuda"))
+        _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "lr_schedule", LR_SCHEDULES)
         return self
 
@@ -278,7 +284,7 @@ class TrainConfig:
 # default differs: such a run loads, evaluates and resumes as it was trained.
 ABSENT_MEANS: dict[str, dict[str, Any]] = {
     "model": {"width": 256},
-    "train": {"ema": 0.0, "lr_warmup": 0, "lr_schedule": "constant"},
+    "train": {"ema": 0.0, "lr_warmup": 0, "lr_schedule": "constant", "precision": "bf16"},
 }
 
 

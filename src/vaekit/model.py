@@ -40,7 +40,7 @@ class VAE(nn.Module):
     user's networks.
 
     The model as built is plain PyTorch; speed.py swaps in faster modules where training and
-    evaluation ask for them, and bf16 autocast around the networks on a GPU.
+    evaluation ask for them, and bf16 autocast around the networks on a GPU if asked.
     """
 
     def __init__(self, config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> None:

@@ -4,7 +4,8 @@ plain PyTorch; training and evaluation apply these where they ask for speed.
 - `fast_networks`: swaps the built-in networks' modules for their fast twins (fast_modules.py:
   same parameters, same state-dict keys). Training always runs them (`training_networks`).
 - `autocast_networks`: the encoder and decoder run under bf16 autocast on CUDA and hand fp32
-  to the distributions; `full_precision` takes that off for a block (validation, evaluation).
+  to the distributions (training with `--precision bf16`); `full_precision` takes that off for
+  a block (validation, evaluation).
 - `fold_batchnorm`: an eval-only copy whose BatchNorm layers are folded into the convolution
   before them (one pass over the weights; each conv then carries a bias instead).
 - `inference_model`: the copy evaluation should run: fast twins, folded, channels_last,
@@ -55,10 +56,11 @@ def fast_networks(model: nn.Module) -> nn.Module:
     return model
 
 
-def training_networks(model: nn.Module, device: torch.device) -> nn.Module:
-    """What training runs, in place: the fast twins, and bf16 networks on a GPU (fp32 bounds)."""
+def training_networks(model: nn.Module, device: torch.device, precision: str = "fp32") -> nn.Module:
+    """What training runs, in place: the fast twins, and with precision "bf16" the networks under
+    bf16 autocast on a GPU (fp32 bounds). On CPU bf16 was ~20x slower, so it is never used there."""
     fast_networks(model)
-    if device.type == "cuda":  # on CPU bf16 was ~20x slower
+    if device.type == "cuda" and precision == "bf16":
         autocast_networks(model)
     return model
 
@@ -106,7 +108,7 @@ def _without_autocast(network: nn.Module) -> nn.Module:
 def full_precision(model: nn.Module) -> Iterator[nn.Module]:
     """fp32 networks inside the block, autocast as it was after it: validation picks the best
     checkpoint and evaluation reports its numbers on the same fp32 model on every device,
-    whatever training ran in (bf16 on a GPU)."""
+    whatever training ran in (bf16 on a GPU with --precision bf16)."""
     swapped = [name for name in NETWORKS if isinstance(getattr(model, name, None), AutocastNetwork)]
     for name in swapped:
         setattr(model, name, _without_autocast(getattr(model, name)))

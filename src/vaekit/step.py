@@ -104,7 +104,7 @@ def build_trainer(
     seed_everything(t.seed)
     model = _model_to_train(config, given, resumed_from).to(device)
     model = model.to(memory_format=memory_format(t, model))
-    training_networks(model, device)  # the fast twins; bf16 networks on a GPU, fp32 bounds
+    training_networks(model, device, t.precision)  # the fast twins; bf16 networks on a GPU if asked
     optimizer = make_optimizer(model, t.lr)
     ema = moving_average(model, t.ema) if t.ema else None
     # Each rank draws its own binarisation and reparameterisation noise.
