@@ -13,7 +13,8 @@ training again:
     NAME:bn        BatchNorm statistics re-estimated over the training set after training
 (NAME:KIND evaluates the derived run only; name NAME too for the run as trained).
 The table pairs every row with the first (`vaekit compare`): mean per-image NLL difference ±
-its standard error over the same images. Results: RESULTS/recipe.json and RUNS/<variant>/.
+its standard error over the same images, over every row kept so far. Results: RESULTS/recipe.json,
+RESULTS/recipe/<variant>/ (the files each row needs) and RUNS/<variant>/ (the runs).
 """
 
 from __future__ import annotations
@@ -104,6 +105,14 @@ def evaluate(run: Path) -> None:
         )
 
 
+def keep(run: Path, folder: Path) -> None:
+    """The files a row of the table needs (settings, evaluation, per-image NLLs), under RESULTS/recipe/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "evaluation.json", "evaluation_per_image.npz", "metrics.csv", "train_minutes.txt"):
+        if (run / name).is_file():
+            shutil.copy2(run / name, folder / name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="variants to run, comma-separated (NAME or NAME:trained|bn)")
@@ -113,23 +122,29 @@ def main() -> None:
     parser.add_argument("--first", default="base", help="the row every other is paired with")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
-    runs = Path(args.runs)
+    runs, kept = Path(args.runs), Path(args.results) / "recipe"
     for name in filter(None, args.only.split(",")):
         base_name, _, kind = name.partition(":")
         if base_name not in VARIANTS:
             raise SystemExit(f"unknown variant {base_name!r}; known: {', '.join(VARIANTS)}")
         run = train(base_name, VARIANTS[base_name], args.epochs, runs)
-        evaluate(derive(run, kind) if kind else run)
+        evaluated = derive(run, kind) if kind else run
+        evaluate(evaluated)
+        keep(evaluated, kept / name.replace(":", "_"))
     from vaekit.compare import compare_runs, format_comparison
 
-    done = sorted((p for p in runs.iterdir() if (p / "evaluation.json").is_file()), key=lambda p: p.name != args.first)
+    # Every row ever evaluated, from the kept files: runs trained in other sessions or folders pair too.
+    first = args.first.replace(":", "_")
+    done = sorted(
+        (p for p in kept.iterdir() if (p / "evaluation.json").is_file()), key=lambda p: (p.name != first, p.name)
+    )
     if len(done) >= 2:
         result = compare_runs(done)
         for row in result["runs"]:
             minutes = Path(row["run"]) / "train_minutes.txt"
             row["train_minutes"] = float(minutes.read_text()) if minutes.is_file() else None
             name = Path(row["run"]).name
-            row["flags"] = BASE + VARIANTS.get(name.partition(":")[0], [])
+            row["flags"] = BASE + VARIANTS.get(name.partition("_")[0], [])
         print(format_comparison(result))
         out = Path(args.results) / "recipe.json"
         out.parent.mkdir(parents=True, exist_ok=True)
