@@ -25,6 +25,8 @@ def test_train_on_real_fashion_mnist_then_sample(tmp_path):
         "train",
         "--train-subset",
         "384",
+        "--val-size",
+        "500",  # a small real validation split: the test is about the real data path, not its size
         "--epochs",
         "2",
         "--components",
