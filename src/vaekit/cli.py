@@ -253,9 +253,11 @@ def _add_evaluation_commands(sub) -> None:
 
 def _add_device_flag(p: argparse.ArgumentParser) -> None:
     # The random draws differ between CPU and CUDA: a number reproduces to the last digit on the device it was made on.
+    from .config import DEVICES
+
     p.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="auto (default: CUDA where there is one), cpu or cuda",
     )

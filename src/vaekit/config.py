@@ -25,6 +25,7 @@ from .settings import flag_name, internal, setting
 
 IMAGE_SIZES = (28, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA where there is one
 # How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
 # every component decoded, the importance-weighted bound over components, or one pathwise draw.
 MIXTURE_ESTIMATORS = ("marginal", "stratified", "pathwise")
@@ -227,7 +228,7 @@ class TrainConfig:
             raise VaekitError(f"--ema must be a decay in [0, 1), got {self.ema}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
-        _choice(self, "device", ("auto", "cpu", "cuda"))
+        _choice(self, "device", DEVICES)
         _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "lr_schedule", LR_SCHEDULES)
         return self
