@@ -34,7 +34,7 @@ def sync(device: torch.device) -> None:
 
 def make_trainer(args: argparse.Namespace, batch: int, device: torch.device, precision: str = "fp32"):
     config = RunConfig(
-        ModelConfig(latent_size=32, components=args.components, width=args.width),
+        ModelConfig(latent_size=args.latent_size, components=args.components, width=args.width, blocks=args.blocks),
         DataConfig(dataset="fashion-mnist"),
         TrainConfig(batch_size=batch, device=device.type, mixture_estimator=args.estimator, precision=precision),
     )
@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--components", type=int, default=1)
+    p.add_argument("--latent-size", type=int, default=32)
+    p.add_argument("--blocks", default="plain", help="plain (default) or gated")
     p.add_argument("--estimator", default="marginal")
     p.add_argument("--precision", default="fp32", help="the profiled step's: fp32 (default) or bf16")
     p.add_argument("--batches", default="128,512,2048", help="batch sizes to time (default 128,512,2048)")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vaekit.config import ModelConfig
+from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.networks import block_widths
 from vaekit.objectives import elbo_terms, iwae_terms
@@ -37,6 +38,25 @@ def test_notebook_architecture():
     assert [(u.in_channels, u.out_channels) for u in ups] == [(8, 256), (256, 128), (128, 64), (64, 32), (32, 1)]
     assert ups[-1].kernel_size == (1, 1)
     assert not any(isinstance(m, torch.nn.Sigmoid) for m in model.modules())  # logits out
+
+
+def test_gated_blocks_gate_half_the_channels_with_the_other_half():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_size=8, image_size=32, width=64, blocks="gated"))
+    convs = [m for m in model.encoder.body.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [2 * 8, 2 * 16, 2 * 32, 2 * 64]  # twice the plain widths
+    ups = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(u.in_channels, u.out_channels) for u in ups] == [(8, 128), (64, 64), (32, 32), (16, 16), (8, 1)]
+    conv, bn, _ = model.encoder.body[0]
+    x = torch.rand(5, 1, 32, 32)
+    model.train()
+    h = conv(x)  # the block by hand: batch statistics, then a * sigmoid(b) over the two halves
+    mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
+    h = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight[:, None, None] + bn.bias[:, None, None]
+    a, b = h[:, :8], h[:, 8:]
+    torch.testing.assert_close(model.encoder.body[0](x), a * torch.sigmoid(b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(VaekitError, match="--blocks"):
+        ModelConfig(blocks="resnet").validate()
 
 
 def test_block_widths_grow_with_size():

@@ -29,9 +29,9 @@ from vaekit.speed import (
 )
 
 
-def _model(components: int = 1, latent: int = 8) -> VAE:
+def _model(components: int = 1, latent: int = 8, blocks: str = "plain") -> VAE:
     torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_size=latent, components=components))
+    model = VAE(ModelConfig(latent_size=latent, components=components, blocks=blocks))
     model.train()
     with torch.no_grad():  # BatchNorm statistics far from their initial 0/1, so folding is tested
         for _ in range(3):
@@ -90,9 +90,9 @@ def test_fused_encoder_heads_are_the_three_convolutions():
     torch.testing.assert_close(logits, enc.logits_head(h).reshape(logits.shape), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("components", [1, 3])
-def test_folded_batchnorm_matches_eval_mode(components):
-    model = _model(components)
+@pytest.mark.parametrize("components,blocks", [(1, "plain"), (3, "plain"), (1, "gated")])
+def test_folded_batchnorm_matches_eval_mode(components, blocks):
+    model = _model(components, blocks=blocks)
     folded = fold_batchnorm(model)
     assert model.training and not folded.training  # the original is left as it was
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -130,8 +130,8 @@ def test_autocast_is_a_no_op_off_cuda():
     assert isinstance(network_autocast(torch.device("cpu")), type(network_autocast(torch.device("cpu"), False)))
 
 
-def _plain_and_fast(components: int) -> tuple[VAE, VAE]:
-    plain = _model(components)
+def _plain_and_fast(components: int, blocks: str = "plain") -> tuple[VAE, VAE]:
+    plain = _model(components, blocks=blocks)
     rng = torch.random.get_rng_state()
     fast = fast_networks(copy.deepcopy(plain))
     assert torch.equal(torch.random.get_rng_state(), rng)  # swapping initialises nothing
@@ -154,11 +154,11 @@ def test_fast_networks_swap_modules_but_keep_the_state(components):
     assert model.training
 
 
-@pytest.mark.parametrize("components", [1, 3])
-def test_fast_networks_give_the_plain_loss_and_gradients(components):
+@pytest.mark.parametrize("components,blocks", [(1, "plain"), (3, "plain"), (1, "gated")])
+def test_fast_networks_give_the_plain_loss_and_gradients(components, blocks):
     # In float64, so that what is compared is the function, not float32 rounding (which BatchNorm
     # over 12 images amplifies to ~1e-4 of a gradient's scale in some draws).
-    plain, fast = (m.double() for m in _plain_and_fast(components))
+    plain, fast = (m.double() for m in _plain_and_fast(components, blocks))
     x = torch.bernoulli(torch.rand(12, 1, 32, 32)).double()
     for memory_format in (torch.contiguous_format, torch.channels_last):
         loss_a, grads_a = _loss_and_grads(plain, x, memory_format)

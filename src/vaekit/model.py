@@ -60,13 +60,13 @@ class VAE(nn.Module):
         self.encoder = (
             encoder
             if encoder is not None
-            else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width)
+            else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width, config.blocks)
         )
         self.likelihood = make_likelihood(config)
         self.decoder = (
             decoder
             if decoder is not None
-            else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width)
+            else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width, config.blocks)
         )
         self.prior_net = make_prior(config)  # a VampPrior's pseudo-inputs get the data's zero frame
         # A user's network's output shapes are checked once, on its first call: a wrong shape

@@ -17,30 +17,47 @@ from torch import nn
 from .config import block_widths
 
 
-def _down(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
+class Gate(nn.Module):
+    """a * sigmoid(b) over the two halves of the channels. nn.GLU computes the same, but its
+    backward hands BatchNorm a gradient in another memory layout: 3.6x slower on channels_last."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a, b = h.chunk(2, dim=1)
+        return a * torch.sigmoid(b)
 
 
-def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
+def _block(conv: nn.Module, c_out: int, blocks: str) -> nn.Sequential:
+    """`conv` (with `c_out` outputs per kind, doubled for gated) -> BatchNorm -> the kind's activation.
+
+    plain: LeakyReLU(0.2), the notebook's. gated: half the channels gate the other half,
+    a * sigmoid(b) (Dauphin et al. 2017), the gated convolutions of Tomczak & Welling's VampPrior
+    networks; at the same width a layer costs twice the FLOPs of a plain one.
+    """
+    if blocks == "gated":
+        return nn.Sequential(conv, nn.BatchNorm2d(2 * c_out), Gate())
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _down(c_in: int, c_out: int, blocks: str = "plain") -> nn.Sequential:
+    outputs = 2 * c_out if blocks == "gated" else c_out
+    return _block(nn.Conv2d(c_in, outputs, 4, 2, 1, bias=False), c_out, blocks)
+
+
+def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int, blocks: str = "plain") -> nn.Sequential:
+    outputs = 2 * c_out if blocks == "gated" else c_out
+    return _block(nn.ConvTranspose2d(c_in, outputs, kernel, stride, padding, bias=False), c_out, blocks)
 
 
 class ConvEncoder(nn.Module):
     """x (B, C, S, S) -> means and log-variances (B, K, D), mixture logits (B, K)."""
 
-    def __init__(self, channels: int, size: int, latent_size: int, components: int, width: int = 256) -> None:
+    def __init__(
+        self, channels: int, size: int, latent_size: int, components: int, width: int = 256, blocks: str = "plain"
+    ) -> None:
         super().__init__()
         widths = block_widths(size, width)
         self.latent_size, self.components = latent_size, components
-        self.body = nn.Sequential(*[_down(c_in, c_out) for c_in, c_out in zip([channels] + widths, widths)])
+        self.body = nn.Sequential(*[_down(c_in, c_out, blocks) for c_in, c_out in zip([channels] + widths, widths)])
         # Three 2x2 heads as in the notebook; the weight head is sized by K alone (the
         # notebook reshaped it with latent_size).
         self.loc_head = nn.Conv2d(widths[-1], components * latent_size, 2)
@@ -59,11 +76,11 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """z (N, D) -> per-pixel distribution parameters (N, out_channels, S, S)."""
 
-    def __init__(self, out_channels: int, size: int, latent_size: int, width: int = 256) -> None:
+    def __init__(self, out_channels: int, size: int, latent_size: int, width: int = 256, blocks: str = "plain") -> None:
         super().__init__()
         widths = block_widths(size, width)[::-1]  # the widest first
-        layers = [_up(latent_size, widths[0], 4, 1, 0)]  # 1x1 -> 4x4
-        layers += [_up(c_in, c_out, 4, 2, 1) for c_in, c_out in zip(widths[:-1], widths[1:])]
+        layers = [_up(latent_size, widths[0], 4, 1, 0, blocks)]  # 1x1 -> 4x4
+        layers += [_up(c_in, c_out, 4, 2, 1, blocks) for c_in, c_out in zip(widths[:-1], widths[1:])]
         self.body = nn.Sequential(*layers)
         # Logits, not probabilities: the sigmoid lives in the likelihood, where BCE is stable.
         self.head = nn.ConvTranspose2d(widths[-1], out_channels, 1, 1, 0)
