@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     # Gated blocks cost ~2x a plain block's FLOPs at one width: at 96 a step costs 1.3x width 128's
     # (profile_step.py), so it trains 18 epochs against 24 for the same wall clock.
     "gated96": ["--blocks", "gated", "--width", "96"],
+    "gated96-seed2": ["--blocks", "gated", "--width", "96", "--seed", "2"],
     "latent64": ["--latent-size", "64"],
     "width96": ["--width", "96"],
 }

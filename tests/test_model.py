@@ -28,7 +28,7 @@ def test_shapes(components, channels, size):
 
 
 def test_notebook_architecture():
-    model = VAE(ModelConfig(latent_size=8, components=2, image_size=32, width=256))  # the notebook's width
+    model = VAE(ModelConfig(latent_size=8, components=2, image_size=32, width=256, blocks="plain"))  # the notebook's
     convs = [m for m in model.encoder.body.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128, 256]
     assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) and c.padding == (1, 1) and c.bias is None for c in convs)

@@ -171,7 +171,9 @@ def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
 
 def test_width_scales_every_block_and_survives_a_reload(splits, tmp_path):
     config = config_from_args(
-        build_parser().parse_args(["train", "--width", "64", "--latent-size", "4", "--dataset", "blobs"])
+        build_parser().parse_args(
+            ["train", "--width", "64", "--blocks", "plain", "--latent-size", "4", "--dataset", "blobs"]
+        )
     )
     config.data.train_subset, config.train.batch_size, config.train.epochs = 8, 8, 1
     out = train(config, out=tmp_path / "run", data=splits, progress=False)
@@ -202,9 +204,21 @@ def test_settings_added_later_mean_what_runs_before_them_were_trained_with():
     from vaekit.config import RunConfig
 
     saved = RunConfig().to_dict()
-    for section, name in (("model", "width"), ("train", "ema"), ("train", "lr_warmup"), ("train", "lr_schedule")):
+    added_later = (
+        ("model", "width"),
+        ("model", "blocks"),
+        ("train", "ema"),
+        ("train", "lr_warmup"),
+        ("train", "lr_schedule"),
+    )
+    for section, name in added_later:
         del saved[section][name]
     old = RunConfig.from_dict(saved)
-    assert (old.model.width, old.train.ema, old.train.lr_warmup, old.train.lr_schedule) == (256, 0.0, 0, "constant")
+    assert (old.model.width, old.model.blocks) == (256, "plain")
+    assert (old.train.ema, old.train.lr_warmup, old.train.lr_schedule) == (0.0, 0, "constant")
     new = RunConfig()
-    assert (new.model.width, new.train.lr_schedule) == (128, "cosine")  # so the lines above test something
+    assert (new.model.width, new.model.blocks, new.train.lr_schedule) == (
+        96,
+        "gated",
+        "cosine",
+    )  # so the lines above test something

@@ -62,12 +62,12 @@ class ModelConfig:
     latent_size: int = setting(32, "dimensions D of the latent space (default {default})")
     # Each block before the widest has half its channels.
     width: int = setting(
-        128, "channels of the widest conv block (default {default}; 256 is the notebook's, ~3x slower on a CPU)"
+        96, "channels of the widest conv block (default {default}; 256 is the notebook's, ~3x slower on a CPU)"
     )
     blocks: str = setting(
-        "plain",
-        "conv blocks of the built-in networks: plain (conv, BatchNorm, LeakyReLU; default) or gated"
-        " (twice the channels, half gating the other; ~2x the FLOPs at one width)",
+        "gated",
+        "conv blocks of the built-in networks: gated (default; twice the channels, half gating the other,"
+        " ~2x the FLOPs of plain at one width) or plain (conv, BatchNorm, LeakyReLU: the notebook's)",
         choices=BLOCKS,
     )
     components: int = setting(1, "mixture components K of q(z|x)")  # K=1 is the ordinary VAE
@@ -156,7 +156,7 @@ class TrainConfig:
     """How the model is trained: the objective, the optimizer, the schedule and the budget."""
 
     # 24 fill about 20 minutes of a 2-core CPU at the default width: benchmarks/recipe.py's budget.
-    epochs: int = setting(24, "passes over the training set (default {default})")
+    epochs: int = setting(18, "passes over the training set (default {default})")
     batch_size: int = setting(128, "training images per optimizer step (default {default})")
     lr: float = setting(2e-3, "peak learning rate of Adam (default {default})")
     # A pure function of the step (lr_at), so a resumed run needs no scheduler state.
@@ -292,7 +292,7 @@ class TrainConfig:
 # What a config.json written before a setting existed meant by leaving it out, where today's
 # default differs: such a run loads, evaluates and resumes as it was trained.
 ABSENT_MEANS: dict[str, dict[str, Any]] = {
-    "model": {"width": 256},
+    "model": {"width": 256, "blocks": "plain"},
     "train": {"ema": 0.0, "lr_warmup": 0, "lr_schedule": "constant", "precision": "bf16"},
 }
 
