@@ -46,6 +46,7 @@ VARIANTS: dict[str, list[str]] = {
     # (profile_step.py), so it trains 18 epochs against 24 for the same wall clock.
     "gated96": ["--blocks", "gated", "--width", "96"],
     "gated96-seed2": ["--blocks", "gated", "--width", "96", "--seed", "2"],
+    "gated96-vamp": ["--blocks", "gated", "--width", "96", "--prior", "vamp", "--prior-components", "100"],
     "latent64": ["--latent-size", "64"],
     "width96": ["--width", "96"],
 }
