@@ -49,9 +49,10 @@ def test_training_on_cuda_learns_and_its_run_loads_on_the_cpu(tmp_path):
     assert torch.isfinite(elbo_terms(loaded.model, x).elbo).all()
 
 
-def test_the_networks_under_bf16_autocast_agree_with_fp32_on_the_cpu():
+@pytest.mark.parametrize("blocks", ["plain", "gated"])
+def test_the_networks_under_bf16_autocast_agree_with_fp32_on_the_cpu(blocks):
     torch.manual_seed(0)
-    model = VAE(tiny_config(model__components=3).model).eval()
+    model = VAE(tiny_config(model__components=3, model__blocks=blocks).model).eval()
     x = binarize_fixed(make_tiny_splits(60).test.images[:16], EVAL_BINARIZE_SEED)
     z = torch.randn(16, model.config.latent_size)
     with torch.no_grad():
