@@ -1,6 +1,7 @@
 """Throughput of the importance-sampled NLL on the path `vaekit evaluate` takes.
 
-    python benchmarks/eval_nll.py [--width 128] [--images 200] [--samples 200] [--chunks 1024,2048] [--compile]
+    python benchmarks/eval_nll.py [--width 128] [--blocks plain] [--images 200] [--samples 200]
+        [--chunks 1024,2048] [--compile]
 
 Times speed.inference_model (fast twins, BatchNorm folded, channels_last; compiled with
 --compile) on each chunk size (decoded images per decoder call), K=1 and K=5 models, and
@@ -61,6 +62,7 @@ def time_estimate(model, x: torch.Tensor, samples: int, batch_size: int, chunk: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--blocks", default="plain", help="plain (default) or gated")
     parser.add_argument("--components", default="1,5")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)
@@ -74,7 +76,7 @@ def main() -> None:
     print(f"{'K':>2} {'compiled':>8} {'chunk':>6} {'seconds':>8} {'samples/s':>10} {'protocol min':>13}")
     for k in map(int, args.components.split(",")):
         torch.manual_seed(0)
-        base = VAE(ModelConfig(latent_size=32, components=k, image_size=28, width=args.width))
+        base = VAE(ModelConfig(latent_size=32, components=k, image_size=28, width=args.width, blocks=args.blocks))
         for compiled in (False, True) if args.compile else (False,):
             model = inference_model(base, compile=compiled)
             for chunk in map(int, args.chunks.split(",")):
@@ -97,7 +99,7 @@ def main() -> None:
     record = {
         "rows": rows,
         "data": source,
-        "model": f"untrained, width {args.width}, latent 32, speed.inference_model",
+        "model": f"untrained, {args.blocks} blocks, width {args.width}, latent 32, speed.inference_model",
         "batch_size": args.batch_size,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
