@@ -47,6 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     "gated96": ["--blocks", "gated", "--width", "96"],
     "gated96-seed2": ["--blocks", "gated", "--width", "96", "--seed", "2"],
     "gated96-vamp": ["--blocks", "gated", "--width", "96", "--prior", "vamp", "--prior-components", "100"],
+    "gated96-vamp-seed2": ["--blocks", "gated", "--width", "96", "--prior", "vamp", "--prior-components", "100", "--seed", "2"],
     "latent64": ["--latent-size", "64"],
     "width96": ["--width", "96"],
 }
