@@ -25,7 +25,7 @@ import torch
 
 from vaekit import __version__
 from vaekit.batching import binarize_fixed
-from vaekit.config import ModelConfig
+from vaekit.config import BLOCKS, ModelConfig
 from vaekit.errors import VaekitError
 from vaekit.evaluate import EVAL_BINARIZE_SEED
 from vaekit.model import VAE
@@ -62,7 +62,7 @@ def time_estimate(model, x: torch.Tensor, samples: int, batch_size: int, chunk: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--blocks", default="plain", help="plain (default) or gated")
+    parser.add_argument("--blocks", default="plain", choices=BLOCKS)
     parser.add_argument("--components", default="1,5")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)

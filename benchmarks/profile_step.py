@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vaekit.batching import make_batch
-from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vaekit.config import BLOCKS, DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.distributed import DistContext
 from vaekit.step import build_trainer, training_step
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--components", type=int, default=1)
     p.add_argument("--latent-size", type=int, default=32)
-    p.add_argument("--blocks", default="plain", help="plain (default) or gated")
+    p.add_argument("--blocks", default="plain", choices=BLOCKS)
     p.add_argument("--estimator", default="marginal")
     p.add_argument("--precision", default="fp32", help="the profiled step's: fp32 (default) or bf16")
     p.add_argument("--batches", default="128,512,2048", help="batch sizes to time (default 128,512,2048)")

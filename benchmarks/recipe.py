@@ -47,21 +47,10 @@ VARIANTS: dict[str, list[str]] = {
     "gated96": ["--blocks", "gated", "--width", "96"],
     "gated96-seed2": ["--blocks", "gated", "--width", "96", "--seed", "2"],
     "gated96-vamp": ["--blocks", "gated", "--width", "96", "--prior", "vamp", "--prior-components", "100"],
-    "gated96-vamp-seed2": [
-        "--blocks",
-        "gated",
-        "--width",
-        "96",
-        "--prior",
-        "vamp",
-        "--prior-components",
-        "100",
-        "--seed",
-        "2",
-    ],
     "latent64": ["--latent-size", "64"],
     "width96": ["--width", "96"],
 }
+VARIANTS["gated96-vamp-seed2"] = VARIANTS["gated96-vamp"] + ["--seed", "2"]
 TEST_IMAGES, SAMPLES, EVAL_SEED = 2000, 250, 2024
 
 

@@ -155,7 +155,7 @@ class DataConfig:
 class TrainConfig:
     """How the model is trained: the objective, the optimizer, the schedule and the budget."""
 
-    # 24 fill about 20 minutes of a 2-core CPU at the default width: benchmarks/recipe.py's budget.
+    # 18 fill about 20 minutes of a 2-core CPU with the default network: benchmarks/recipe.py's budget.
     epochs: int = setting(18, "passes over the training set (default {default})")
     batch_size: int = setting(128, "training images per optimizer step (default {default})")
     lr: float = setting(2e-3, "peak learning rate of Adam (default {default})")

@@ -26,26 +26,26 @@ class Gate(nn.Module):
         return a * torch.sigmoid(b)
 
 
-def _block(conv: nn.Module, c_out: int, blocks: str) -> nn.Sequential:
-    """`conv` (with `c_out` outputs per kind, doubled for gated) -> BatchNorm -> the kind's activation.
+def _block(conv: type[nn.Module], c_in: int, c_out: int, blocks: str, *conv_args: int) -> nn.Sequential:
+    """conv(c_in -> c_out, *conv_args) -> BatchNorm -> the kind's activation; `c_out` channels out.
 
-    plain: LeakyReLU(0.2), the notebook's. gated: half the channels gate the other half,
-    a * sigmoid(b) (Dauphin et al. 2017), the gated convolutions of Tomczak & Welling's VampPrior
-    networks; at the same width a layer costs twice the FLOPs of a plain one.
+    plain: LeakyReLU(0.2), the notebook's. gated: the conv makes twice the channels and half of
+    them gate the other half, a * sigmoid(b) (Dauphin et al. 2017), the gated convolutions of
+    Tomczak & Welling's VampPrior networks; at the same width a layer costs twice the FLOPs.
     """
     if blocks == "gated":
-        return nn.Sequential(conv, nn.BatchNorm2d(2 * c_out), Gate())
-    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True))
+        return nn.Sequential(conv(c_in, 2 * c_out, *conv_args, bias=False), nn.BatchNorm2d(2 * c_out), Gate())
+    return nn.Sequential(
+        conv(c_in, c_out, *conv_args, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)
+    )
 
 
 def _down(c_in: int, c_out: int, blocks: str = "plain") -> nn.Sequential:
-    outputs = 2 * c_out if blocks == "gated" else c_out
-    return _block(nn.Conv2d(c_in, outputs, 4, 2, 1, bias=False), c_out, blocks)
+    return _block(nn.Conv2d, c_in, c_out, blocks, 4, 2, 1)
 
 
 def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int, blocks: str = "plain") -> nn.Sequential:
-    outputs = 2 * c_out if blocks == "gated" else c_out
-    return _block(nn.ConvTranspose2d(c_in, outputs, kernel, stride, padding, bias=False), c_out, blocks)
+    return _block(nn.ConvTranspose2d, c_in, c_out, blocks, kernel, stride, padding)
 
 
 class ConvEncoder(nn.Module):
