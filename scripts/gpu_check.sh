@@ -3,6 +3,10 @@
 # throughput benchmark, a short training run and the shipped model on the full protocol.
 #
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh      # logs and JSON under $OUT, a table on stdout
+#   RUNS="zoo:fashion-mnist path/to/run" ZOO_SAMPLES="1000 5000" OUT=/tmp/gpu bash scripts/gpu_check.sh
+#
+# RUNS (default: the shipped model) are scored on all 10,000 test images at each S in ZOO_SAMPLES;
+# their JSON and per-image files come back as $OUT/NAME_S<S>.json / .npz.
 #
 # Fashion-MNIST is read from $VAEKIT_DATA (or the usual places). Each step has its own time
 # limit, so one that hangs costs its own minutes and the rest still run.
@@ -28,12 +32,16 @@ step train 120 $PY -m vaekit train --device cuda --epochs 2 --val-size 10000 --o
 cp "$OUT/runs/short/metrics.csv" "$OUT/short_metrics.csv" 2>/dev/null
 step evaluate_short 60 $PY -m vaekit evaluate "$OUT/runs/short" --device cuda --test-subset 1000 --nll-samples 1000 --quiet --headline
 step throughput 150 $PY benchmarks/throughput.py --device cuda --repeats 2 --out "$OUT/throughput_cuda.json"
-(
-    cd "$OUT/runs" || exit
+for run in ${RUNS:-zoo:fashion-mnist}; do
+    name=$(basename "${run/:/-}")
+    # A zoo model is copied into the working directory to be evaluated; a path is scored in place.
+    dir=$OUT/runs/$name target=$run
+    [[ $run == zoo:* ]] || { rm -rf "$dir"; cp -r "$run" "$dir"; target=$dir; }
     for s in ${ZOO_SAMPLES:-1000 5000}; do
-        step "zoo_S$s" 300 $PY -m vaekit evaluate zoo:fashion-mnist --device cuda --no-quality --nll-samples "$s" --checkpoint latest --quiet --headline
-        cp zoo-fashion-mnist/evaluation.json "$OUT/zoo_S$s.json"
-        cp zoo-fashion-mnist/evaluation_per_image.npz "$OUT/zoo_S$s.npz"
+        (cd "$OUT/runs" && step "${name}_S$s" 300 $PY -m vaekit evaluate "$target" --device cuda \
+            --no-quality --nll-samples "$s" --checkpoint latest --quiet --headline)
+        cp "$dir/evaluation.json" "$OUT/${name}_S$s.json"
+        cp "$dir/evaluation_per_image.npz" "$OUT/${name}_S$s.npz"
     done
-)
+done
 cat "$OUT/steps.txt"

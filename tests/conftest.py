@@ -48,7 +48,8 @@ def tiny_splits():
 def tiny_config(**overrides) -> RunConfig:
     """latent 4, batch 32, one epoch; override with model__x=..., train__y=..., data__z=..."""
     config = RunConfig(
-        ModelConfig(latent_size=4, image_size=28, width=128, blocks="plain"),  # what the tests were written on
+        # The network and prior the tests were written on, from before the gated VampPrior defaults.
+        ModelConfig(latent_size=4, image_size=28, width=128, blocks="plain", prior="normal"),
         DataConfig(dataset="blobs"),
         # A constant learning rate: tests that stop and resume change --epochs, which moves a cosine.
         TrainConfig(epochs=1, batch_size=32, lr_schedule="constant", lr_warmup=0),

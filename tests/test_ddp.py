@@ -145,7 +145,7 @@ def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None
     rows = {}
     for name, components, samples, estimator in OBJECTIVES:
         torch.manual_seed(0)
-        model = VAE(ModelConfig(latent_size=3, width=32, components=components, image_size=28))
+        model = VAE(ModelConfig(latent_size=3, width=32, components=components, image_size=28, prior="normal"))
         torch.manual_seed(5)
         alone = model(x, iw_samples=samples, estimator=estimator)
         torch.manual_seed(5)

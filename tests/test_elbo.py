@@ -10,7 +10,7 @@ from vaekit.objectives import elbo_terms, log_likelihood_estimate
 def test_elbo_below_importance_sampled_log_likelihood():
     for components in (1, 3):
         torch.manual_seed(components)
-        model = VAE(ModelConfig(latent_size=3, components=components, image_size=28)).eval()
+        model = VAE(ModelConfig(latent_size=3, components=components, image_size=28, prior="normal")).eval()
         with torch.no_grad():  # a posterior far from the prior, so the bound has a gap to show
             model.encoder.loc_head.bias.fill_(1.5)
         x = torch.bernoulli(torch.rand(4, 1, 32, 32))
@@ -23,7 +23,7 @@ def test_elbo_below_importance_sampled_log_likelihood():
 
 def test_elbo_terms_add_up_and_kl_is_non_negative_for_k1():
     torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_size=4, image_size=28))
+    model = VAE(ModelConfig(latent_size=4, image_size=28, prior="normal"))
     x = torch.bernoulli(torch.rand(5, 1, 32, 32))
     t = elbo_terms(model, x)
     torch.testing.assert_close(t.elbo, t.recon - t.kl)
@@ -34,7 +34,7 @@ def test_elbo_terms_add_up_and_kl_is_non_negative_for_k1():
 def test_mixture_elbo_equals_weighted_component_bounds():
     # Recompute the K-component ELBO by hand from the same draws, in float64.
     torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_size=2, components=3, image_size=28)).double().eval()
+    model = VAE(ModelConfig(latent_size=2, components=3, image_size=28, prior="normal")).double().eval()
     x = torch.bernoulli(torch.rand(4, 1, 32, 32, dtype=torch.float64))
     torch.manual_seed(5)
     got = elbo_terms(model, x).elbo

@@ -119,14 +119,16 @@ def test_free_bits_floors_each_dimension_of_the_batch_mean_kl():
     assert training_loss(terms, free_bits=0.5).item() == pytest.approx(10.5 + 0.5 + 3.0)
 
 
-@pytest.mark.parametrize("model", [ModelConfig(components=2), ModelConfig(prior="mog"), ModelConfig(prior="vamp")])
+@pytest.mark.parametrize(
+    "model", [ModelConfig(components=2, prior="normal"), ModelConfig(prior="mog"), ModelConfig(prior="vamp")]
+)
 def test_config_refuses_free_bits_where_the_kl_has_no_per_dimension_form(model):
     with pytest.raises(
         VaekitError, match=r"--free-bits is a per-dimension KL floor.*use --kl-warmup or --beta instead"
     ):
         RunConfig(model, train=TrainConfig(free_bits=0.5)).validate()
     RunConfig(model, train=TrainConfig(free_bits=0.5)).validate(for_training=False)  # a finished run still loads
-    RunConfig(ModelConfig(), train=TrainConfig(free_bits=0.5)).validate()
+    RunConfig(ModelConfig(prior="normal"), train=TrainConfig(free_bits=0.5)).validate()
 
 
 def test_config_refuses_beta_with_importance_weights_and_trains_grey_likelihoods_on_grey_levels():

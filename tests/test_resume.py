@@ -43,6 +43,13 @@ def _train_args(npz: Path, out: Path) -> list[str]:
         f"npz:{npz}",
         "--latent-size",
         "4",
+        # A small network: what is tested is the stopping and resuming, not the default model.
+        "--blocks",
+        "plain",
+        "--width",
+        "32",
+        "--prior",
+        "normal",
         "--batch-size",
         "32",
         "--epochs",

@@ -70,7 +70,7 @@ def _one_gaussian_to_standard_normal(q: MixtureOfGaussians, p: StandardNormalDis
     return diagonal_normal_kl_to_standard(q.loc[..., 0, :], q.scale[..., 0, :])
 
 
-@register_prior("normal", help="N(0, I); the default")
+@register_prior("normal", help="N(0, I)")
 class StandardNormalPrior(nn.Module):
     def __init__(self, latent_size: int) -> None:
         super().__init__()
@@ -129,7 +129,7 @@ def running_stats_only(module: nn.Module | None) -> Iterator[None]:
             m.train(True)
 
 
-@register_prior("vamp", help="the VampPrior, a mixture of posteriors of learned pseudo-inputs")
+@register_prior("vamp", help="the VampPrior, a mixture of posteriors of learned pseudo-inputs; the default")
 class VampPrior(nn.Module):
     """p(z) = 1/M sum_m q(z|u_m) over M learnable pseudo-inputs u_m = sigmoid(a_m) (M, C, S, S).
 
