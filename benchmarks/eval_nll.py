@@ -30,6 +30,7 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import EVAL_BINARIZE_SEED
 from vaekit.model import VAE
 from vaekit.objectives import log_likelihood_estimate
+from vaekit.registry import priors
 from vaekit.speed import inference_model
 
 PROTOCOL_SAMPLES = 10_000 * 1_000
@@ -63,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--blocks", default="plain", choices=BLOCKS)
+    parser.add_argument("--prior", default="normal", choices=tuple(priors()))
     parser.add_argument("--components", default="1,5")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)
@@ -76,7 +78,11 @@ def main() -> None:
     print(f"{'K':>2} {'compiled':>8} {'chunk':>6} {'seconds':>8} {'samples/s':>10} {'protocol min':>13}")
     for k in map(int, args.components.split(",")):
         torch.manual_seed(0)
-        base = VAE(ModelConfig(latent_size=32, components=k, image_size=28, width=args.width, blocks=args.blocks))
+        base = VAE(
+            ModelConfig(
+                latent_size=32, components=k, image_size=28, width=args.width, blocks=args.blocks, prior=args.prior
+            )
+        )
         for compiled in (False, True) if args.compile else (False,):
             model = inference_model(base, compile=compiled)
             for chunk in map(int, args.chunks.split(",")):

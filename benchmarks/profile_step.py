@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from vaekit.batching import make_batch
 from vaekit.config import BLOCKS, DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.distributed import DistContext
+from vaekit.registry import priors
 from vaekit.step import build_trainer, training_step
 
 
@@ -34,7 +35,13 @@ def sync(device: torch.device) -> None:
 
 def make_trainer(args: argparse.Namespace, batch: int, device: torch.device, precision: str = "fp32"):
     config = RunConfig(
-        ModelConfig(latent_size=args.latent_size, components=args.components, width=args.width, blocks=args.blocks),
+        ModelConfig(
+            latent_size=args.latent_size,
+            components=args.components,
+            width=args.width,
+            blocks=args.blocks,
+            prior=args.prior,
+        ),
         DataConfig(dataset="fashion-mnist"),
         TrainConfig(batch_size=batch, device=device.type, mixture_estimator=args.estimator, precision=precision),
     )
@@ -67,6 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--components", type=int, default=1)
     p.add_argument("--latent-size", type=int, default=32)
     p.add_argument("--blocks", default="plain", choices=BLOCKS)
+    p.add_argument("--prior", default="normal", choices=tuple(priors()))
     p.add_argument("--estimator", default="marginal")
     p.add_argument("--precision", default="fp32", help="the profiled step's: fp32 (default) or bf16")
     p.add_argument("--batches", default="128,512,2048", help="batch sizes to time (default 128,512,2048)")

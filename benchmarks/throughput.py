@@ -61,6 +61,7 @@ from vaekit.training import train
 BATCH = 128
 LATENT = 32
 WIDTH = 256  # NaiveVAE's (the notebook's) channels: vaekit's rows time the same network
+SAME_NETWORK = dict(width=WIDTH, blocks="plain", prior="normal")  # as NaiveVAE, whatever the defaults
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -179,7 +180,9 @@ def vaekit_training(
 ) -> dict:
     """vaekit.training.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
     config = RunConfig(
-        ModelConfig(latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels, width=WIDTH),
+        ModelConfig(
+            latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels, **SAME_NETWORK
+        ),
         DataConfig(dataset=data.name, train_subset=batches * BATCH),
         TrainConfig(epochs=1 + repeats, batch_size=BATCH, device=device.type, mixture_estimator=estimator),
     )
@@ -245,7 +248,7 @@ def vaekit_training(
 def trained_model(data, device: torch.device) -> VAE:
     """A K=1 model with BatchNorm statistics from a few batches (values matter only for checks)."""
     torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_size=LATENT, image_size=data.image_size, channels=data.channels, width=WIDTH)).to(
+    model = VAE(ModelConfig(latent_size=LATENT, image_size=data.image_size, channels=data.channels, **SAME_NETWORK)).to(
         device
     )
     model.train()
