@@ -86,7 +86,7 @@ def _quadrature_log_px(model, x: torch.Tensor, grid: int = 1201, half_width: flo
 def test_estimator_matches_brute_force_quadrature_in_one_dimension(components):
     torch.manual_seed(components)
     # The quadrature integrates against N(0, 1): the model's prior must be that.
-    config = ModelConfig(latent_size=1, components=components, image_size=28, width=32, blocks="plain", prior="normal")
+    config = tiny_config(model__latent_size=1, model__components=components, model__width=32).model
     model = VAE(config).double().eval()
     x = torch.bernoulli(torch.rand(2, 1, 32, 32, dtype=torch.float64) * 0.6)
     with torch.no_grad():

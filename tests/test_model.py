@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import tiny_config
 from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
 from vaekit.model import VAE
@@ -91,9 +92,7 @@ def test_training_decodes_all_draws_as_one_batchnorm_batch_that_eval_mode_reprod
     # latents with their own batch statistics, the single set of running statistics used in
     # eval mode would describe none of them and eval-mode likelihoods would collapse.
     torch.manual_seed(0)
-    model = VAE(
-        ModelConfig(latent_size=4, components=2, image_size=28, width=32, blocks="plain", prior="normal")
-    ).train()
+    model = VAE(tiny_config(model__components=2, model__width=32).model).train()
     for module in model.decoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # running statistics: the plain average over the calls below
