@@ -1,5 +1,6 @@
 """Training on generated data: it learns, it is reproducible, its checkpoints round-trip."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -49,3 +50,17 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(q1.loc, q2.loc) and torch.equal(q1.scale, q2.scale) and torch.equal(q1.logits, q2.logits)
     assert torch.equal(loaded.decode(q1.loc).logits, again.decode(q2.loc).logits)
     assert loaded.config == again.config and loaded.config.components == 3
+
+
+@pytest.mark.parametrize("every_s, drawn_after", [(0.0, [1, 2, 3]), (1e9, [1, 3])])
+def test_pictures_are_drawn_at_most_every_few_seconds_and_always_after_the_last_epoch(
+    tmp_path, monkeypatch, every_s, drawn_after
+):
+    import vaekit.training as train_module
+
+    drawn = []
+    monkeypatch.setattr(train_module, "PICTURES_EVERY_S", every_s)
+    monkeypatch.setattr(train_module, "refresh_pictures", lambda run_dir, *a: drawn.append(len(read_metrics(run_dir))))
+    config = tiny_config(data__train_subset=32, train__epochs=3)
+    train(config, out=tmp_path / "run", data=make_tiny_splits(n=60), progress=False)
+    assert drawn == drawn_after

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -43,6 +44,7 @@ from .train_state import EpochSums, RunningSums, TrainState, restore_training, s
 from .usage import USAGE_COLUMNS, component_usage, posterior_weights
 
 VALIDATION_SEED = 1234  # fixed, so validation numbers compare across runs and seeds
+PICTURES_EVERY_S = 30.0  # wall clock between refreshes of a run's pictures (the last epoch always draws them)
 
 
 def train(
@@ -100,6 +102,7 @@ class Run:
     memory_format: torch.memory_format
     weight_log: WeightHashLog
     tb: TensorBoardLogger | None
+    pictures_drawn_at: float = -math.inf  # perf_counter() of the last refresh_pictures
 
     @property
     def settings(self) -> TrainConfig:
@@ -235,7 +238,12 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
     save_training(run.run_dir, run.trainer, state, run.device, best=is_best)  # every rank: it gathers their RNGs
     if not ctx.is_master:
         return
-    refresh_pictures(run.run_dir, run.trainer.evaluated, run.data, run.device)
+    # Drawing the pictures takes seconds of matplotlib: on a GPU, where an epoch takes seconds
+    # too, every epoch would nearly halve the training rate.
+    last = state.epoch == run.settings.epochs
+    if last or time.perf_counter() - run.pictures_drawn_at >= PICTURES_EVERY_S:
+        refresh_pictures(run.run_dir, run.trainer.evaluated, run.data, run.device)
+        run.pictures_drawn_at = time.perf_counter()
     if run.tb:
         run.tb.epoch(state.epoch, run.trainer.evaluated, run.data, row)
     print(
