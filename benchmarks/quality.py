@@ -180,7 +180,7 @@ def fit_epochs(config: RunConfig, data, minutes: float, steps: int = 12, seconds
     device = resolve_device(t.device)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format  # as train() lays it out
     model = training_networks(VAE(config.model).to(device).to(memory_format=memory_format), device)
-    optimizer = make_optimizer(model, t.lr)
+    optimizer = make_optimizer(model, t.lr, t.optimizer)
     images = data.train.images[: 4 * t.batch_size].to(device)
 
     def step() -> None:

@@ -298,11 +298,14 @@ def _spy_optimizer(monkeypatch) -> list:
     made = []
     real = step_module.make_optimizer
     monkeypatch.setattr(
-        step_module, "make_optimizer", lambda model, lr: made.append((model, real(model, lr))) or made[-1][1]
+        step_module,
+        "make_optimizer",
+        lambda model, lr, name="adam": made.append((model, real(model, lr, name))) or made[-1][1],
     )
     return made
 
 
+@pytest.mark.parametrize("optimizer_name", ["adam", "adamax"])  # skipped on the device; Adamax: by the host
 @pytest.mark.parametrize(
     "how, message",
     [
@@ -311,7 +314,7 @@ def _spy_optimizer(monkeypatch) -> list:
     ],
 )
 def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_update(
-    npz, tmp_path, monkeypatch, capsys, how, message
+    npz, tmp_path, monkeypatch, capsys, how, message, optimizer_name
 ):
     # What a GPU run does: the step never waits for the host; the flags are settled every
     # CUDA_CHECK_EVERY steps, here once at the epoch's end, and bad steps were skipped on the device.
@@ -322,13 +325,14 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
     _poison(monkeypatch, 2, how)
     out = tmp_path / "run"
     assert (
-        main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out)]) == 2
+        main(_train_argv(npz, out)[:-5] + ["--quiet", "--out", str(out), "--optimizer", optimizer_name]) == 2
     )  # no --checkpoint-every: nothing forces an earlier check
     line = _one_line(capsys)
     assert message in line and "no checkpoint had been written yet" in line
     model, optimizer = made[0]
     assert all(torch.isfinite(p).all() for p in model.parameters())  # steps 2.. were all bad, all skipped
-    assert {float(s["step"]) for s in optimizer.state.values()} == {1.0}  # only step 1 counted in Adam's moments
+    assert type(optimizer).__name__.lower() == optimizer_name
+    assert {float(s["step"]) for s in optimizer.state.values()} == {1.0}  # only step 1 counted in the moments
 
 
 def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():

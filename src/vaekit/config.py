@@ -25,6 +25,7 @@ from .settings import flag_name, internal, setting
 
 IMAGE_SIZES = (28, 32, 64)
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamax")  # step.make_optimizer
 DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA where there is one
 # How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
 # every component decoded, the importance-weighted bound over components, or one pathwise draw.
@@ -161,7 +162,13 @@ class TrainConfig:
     # 16 fill about 20 minutes of a 2-core CPU with the default model: benchmarks/recipe.py's budget.
     epochs: int = setting(16, "passes over the training set (default {default})")
     batch_size: int = setting(128, "training images per optimizer step (default {default})")
-    lr: float = setting(2e-3, "peak learning rate of Adam (default {default})")
+    optimizer: str = setting(
+        "adam",
+        "adam (default) or adamax (Adam with an infinity norm, Kingma & Ba 2015; what Tomczak & Welling's "
+        "VampPrior models trained with)",
+        choices=OPTIMIZERS,
+    )
+    lr: float = setting(2e-3, "peak learning rate of the optimizer (default {default})")
     # A pure function of the step (lr_at), so a resumed run needs no scheduler state.
     lr_schedule: str = setting("cosine", "cosine (default): anneal --lr to 0 over --epochs; or constant")
     lr_warmup: int = setting(
@@ -216,6 +223,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "iw_samples"):
             _positive(self, name)
         _choice(self, "mixture_estimator", MIXTURE_ESTIMATORS)
+        _choice(self, "optimizer", OPTIMIZERS)
         if self.importance_weighted and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
             raise VaekitError(
                 "--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted "

@@ -28,7 +28,7 @@ from .stops import non_finite_flags
 class Trainer:
     model: VAE
     net: Callable[..., Terms]  # the model, or the model through DistributedDataParallel
-    optimizer: torch.optim.Adam
+    optimizer: torch.optim.Optimizer
     settings: TrainConfig
     ctx: DistContext
     ema: AveragedModel | None = None  # the moving average of the weights, with --ema
@@ -63,7 +63,8 @@ def training_step(trainer: Trainer, x: torch.Tensor, lr: float, kl_w: float) -> 
         bad[2] = 1.0
     bad = trainer.ctx.all_reduce_max(bad)  # every rank skips the same steps
     optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
-    optimizer.step()
+    if t.optimizer == "adam" or not optimizer.found_inf.item():  # Adamax has no fused kernel: the host decides
+        optimizer.step()
     if trainer.ema is not None:
         trainer.ema.update_parameters(trainer.model)
     return StepOutput(terms, loss, bad, anomaly)
@@ -105,7 +106,7 @@ def build_trainer(
     model = _model_to_train(config, given, resumed_from).to(device)
     model = model.to(memory_format=memory_format(t, model))
     training_networks(model, device, t.precision)  # the fast twins; bf16 networks on a GPU if asked
-    optimizer = make_optimizer(model, t.lr)
+    optimizer = make_optimizer(model, t.lr, t.optimizer)
     ema = moving_average(model, t.ema) if t.ema else None
     # Each rank draws its own binarisation and reparameterisation noise.
     torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
@@ -141,9 +142,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+def make_optimizer(model: torch.nn.Module, lr: float, name: str = "adam") -> torch.optim.Optimizer:
     """Adam, fused: one kernel for all parameters, and it skips a step whose `found_inf` is set
-    without the host looking at it (what lets a GPU step run without a sync)."""
+    without the host looking at it (what lets a GPU step run without a sync). Adamax has no fused
+    kernel in PyTorch, so training_step asks the host whether to step."""
+    if name == "adamax":
+        return torch.optim.Adamax(model.parameters(), lr=lr, foreach=True)
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
