@@ -142,3 +142,41 @@ def test_config_refuses_beta_with_importance_weights_and_trains_grey_likelihoods
         assert config.validate().data.binarize is True  # validating only checks; resolved() returned a copy
     assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=True)).resolved().data.binarize is True
     assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=False)).resolved().data.binarize is False
+
+
+def test_the_kl_warmup_defaults_to_two_epochs_for_the_elbo_and_none_for_importance_weighted_bounds():
+    assert TrainConfig().warmup_epochs == 2.0
+    assert TrainConfig(iw_samples=5).warmup_epochs == 0.0
+    assert TrainConfig(mixture_estimator="stratified").warmup_epochs == 0.0
+    assert TrainConfig(kl_warmup=0).warmup_epochs == 0.0
+    assert TrainConfig(kl_warmup=0.5).warmup_epochs == 0.5
+    RunConfig(ModelConfig(components=2), train=TrainConfig(iw_samples=5)).validate()  # the default needs no flag
+    with pytest.raises(VaekitError, match="--kl-warmup must be >= 0"):
+        TrainConfig(kl_warmup=-1).validate()
+
+
+def test_the_kl_weight_rises_step_by_step_and_the_metrics_name_each_epochs_objective(tmp_path, monkeypatch):
+    import vaekit.training as train_module
+    from conftest import make_tiny_splits, tiny_config
+    from vaekit.runs import read_metrics
+
+    monkeypatch.setattr(train_module, "refresh_pictures", lambda *args, **kwargs: None)
+    seen = []
+    step = train_module.training_step
+
+    def recording_step(trainer, x, lr, kl_w):
+        out = step(trainer, x, lr, kl_w)
+        terms = [out.loss.detach(), out.terms.recon.detach().mean(), out.terms.kl.detach().mean()]
+        seen.append((kl_w, *map(float, terms)))
+        return out
+
+    monkeypatch.setattr(train_module, "training_step", recording_step)
+    # 32 images in batches of 8: 4 steps an epoch; the KL weight reaches 1 after 1.5 epochs.
+    config = tiny_config(data__train_subset=32, train__batch_size=8, train__epochs=3, train__kl_warmup=1.5)
+    out = train_module.train(config, out=tmp_path / "run", data=make_tiny_splits(n=60), progress=False)
+    expected = [min(1.0, (e + i / 4) / 1.5) for e in range(3) for i in range(4)]
+    assert [w for w, *_ in seen] == pytest.approx(expected)
+    for w, loss, recon, kl in seen:  # the loss weights the KL term by it
+        assert loss == pytest.approx(-recon + w * kl, rel=1e-5)
+    names = [row["objective"] for row in read_metrics(out)]
+    assert names == ["beta-objective(beta=1, warmup=1.5, free_bits=0)"] * 2 + ["elbo"]

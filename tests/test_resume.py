@@ -6,6 +6,7 @@ epoch, 2 epochs), one thread each, so that resumed and uninterrupted runs comput
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import signal
@@ -96,7 +97,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _metrics_without_timing(run: Path) -> list[list[str]]:
-    rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()]
+    rows = list(csv.reader((run / "metrics.csv").read_text().splitlines()))  # an objective's name holds commas
     drop = {rows[0].index("seconds"), rows[0].index("images_per_s")}
     return [[v for i, v in enumerate(row) if i not in drop] for row in rows]
 

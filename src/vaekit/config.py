@@ -177,7 +177,14 @@ class TrainConfig:
     seed: int = setting(69420, "seed of the initial weights, the batch order and the noise (default {default})")
     device: str = setting("auto", "auto, cpu or cuda")
     beta: float = setting(1.0, "weight of the KL term (not 1: a beta-objective, not the ELBO)")
-    kl_warmup: int = setting(0, "epochs of linear KL annealing")
+    # None: 2 epochs for the ELBO (benchmarks/README.md, "Third round"), none for the importance-
+    # weighted bounds, which have no KL term to weight.
+    kl_warmup: float | None = setting(
+        None,
+        "epochs over which the KL term's weight rises linearly from 0 to --beta (default: 2, or 0 with an "
+        "importance-weighted bound; 0: none)",
+        metavar="EPOCHS",
+    )
     # Only where the KL is known per dimension in closed form: K=1 and the normal prior.
     free_bits: float = setting(
         0.0,
@@ -224,7 +231,7 @@ class TrainConfig:
             _positive(self, name)
         _choice(self, "mixture_estimator", MIXTURE_ESTIMATORS)
         _choice(self, "optimizer", OPTIMIZERS)
-        if self.importance_weighted and (self.beta != 1.0 or self.kl_warmup or self.free_bits):
+        if self.importance_weighted and (self.beta != 1.0 or self.warmup_epochs or self.free_bits):
             raise VaekitError(
                 "--beta, --kl-warmup and --free-bits reshape the ELBO's KL term; the importance-weighted "
                 "bound (--iw-samples > 1) has none, so use one or the other"
@@ -235,7 +242,7 @@ class TrainConfig:
             raise VaekitError(f"--lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             raise VaekitError(f"--beta must be a non-negative number, got {self.beta}")
-        if self.kl_warmup < 0:
+        if self.kl_warmup is not None and not (math.isfinite(self.kl_warmup) and self.kl_warmup >= 0):
             raise VaekitError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
         if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
             raise VaekitError(f"--free-bits must be >= 0, got {self.free_bits}")
@@ -279,25 +286,30 @@ class TrainConfig:
         return self.lr
 
     @property
-    def is_elbo(self) -> bool:
-        """Whether the trained objective is the plain ELBO (or IWAE bound)."""
-        return self.beta == 1.0 and self.kl_warmup == 0 and self.free_bits == 0.0
+    def warmup_epochs(self) -> float:
+        """The KL warm-up's length in epochs, --kl-warmup's default resolved."""
+        if self.kl_warmup is None:
+            return 0.0 if self.importance_weighted else 2.0
+        return float(self.kl_warmup)
+
+    def trains_elbo_in(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (0-based) trains the plain ELBO: once a warm-up is over, it does."""
+        return self.beta == 1.0 and self.free_bits == 0.0 and epoch >= self.warmup_epochs
 
     @property
     def importance_weighted(self) -> bool:
         """Whether training maximises an importance-weighted bound rather than the ELBO."""
         return self.iw_samples > 1 or self.mixture_estimator == "stratified"
 
-    @property
-    def objective_name(self) -> str:
-        """What training maximises, as logs and the metrics' `objective` column name it."""
+    def objective_in(self, epoch: int) -> str:
+        """What epoch `epoch` (0-based) maximises, as the metrics' `objective` column names it."""
         if self.mixture_estimator == "stratified":
             return f"siwae({self.iw_samples})"
         if self.iw_samples > 1:
             return f"iwae({self.iw_samples})"
-        if self.is_elbo:
+        if self.trains_elbo_in(epoch):
             return "elbo"
-        return f"beta-objective(beta={self.beta:g}, warmup={self.kl_warmup:g}, free_bits={self.free_bits:g})"
+        return f"beta-objective(beta={self.beta:g}, warmup={self.warmup_epochs:g}, free_bits={self.free_bits:g})"
 
 
 # What a config.json written before a setting existed meant by leaving it out, where today's

@@ -83,11 +83,11 @@ def _backward(loss: torch.Tensor, detect_anomaly: bool) -> str | None:
 
 
 def kl_weight(config: RunConfig, epoch: int, progress_in_epoch: float) -> float:
-    """Linear KL warm-up from 0 to beta over `kl_warmup` epochs."""
+    """Linear KL warm-up from 0 to beta over the warm-up's epochs, step by step."""
     t = config.train
-    if t.kl_warmup <= 0:
+    if t.warmup_epochs <= 0:
         return t.beta
-    return t.beta * min(1.0, (epoch + progress_in_epoch) / t.kl_warmup)
+    return t.beta * min(1.0, (epoch + progress_in_epoch) / t.warmup_epochs)
 
 
 # --------------------------------------------------------------------------- building the trainer
