@@ -316,7 +316,7 @@ class TrainConfig:
 # default differs: such a run loads, evaluates and resumes as it was trained.
 ABSENT_MEANS: dict[str, dict[str, Any]] = {
     "model": {"width": 256, "blocks": "plain"},
-    "train": {"ema": 0.0, "lr_warmup": 0, "lr_schedule": "constant", "precision": "bf16"},
+    "train": {"ema": 0.0, "lr_warmup": 0, "lr_schedule": "constant", "precision": "bf16", "kl_warmup": 0},
 }
 
 

@@ -63,7 +63,7 @@ def training_step(trainer: Trainer, x: torch.Tensor, lr: float, kl_w: float) -> 
         bad[2] = 1.0
     bad = trainer.ctx.all_reduce_max(bad)  # every rank skips the same steps
     optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
-    if t.optimizer == "adam" or not optimizer.found_inf.item():  # Adamax has no fused kernel: the host decides
+    if optimizer.defaults.get("fused") or not optimizer.found_inf.item():  # unfused (Adamax): the host decides
         optimizer.step()
     if trainer.ema is not None:
         trainer.ema.update_parameters(trainer.model)
