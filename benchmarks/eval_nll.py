@@ -1,10 +1,12 @@
 """Throughput of the importance-sampled NLL on the path `vaekit evaluate` takes.
 
     python benchmarks/eval_nll.py [--width 128] [--blocks plain] [--images 200] [--samples 200]
-        [--chunks 1024,2048] [--compile]
+        [--chunks 1024,2048] [--pieces 0,200] [--compile]
 
 Times speed.inference_model (fast twins, BatchNorm folded, channels_last; compiled with
---compile) on each chunk size (decoded images per decoder call), K=1 and K=5 models, and
+--compile) on each chunk size (decoded images per chunk of draws) and piece size (decoded
+images per single-threaded worker call on a CPU, speed.CPU_PIECE_IMAGES; 0 decodes each chunk
+in one call on all threads), K=1 and K=5 models, and
 states the minutes the literature's protocol (10,000 test images, S=1,000) would take at that
 rate. Models are untrained: the estimator's cost is one decoder pass per sample, which training
 does not change. Test images are Fashion-MNIST binarised with the evaluation seed when the
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vaekit import __version__
+from vaekit import __version__, speed
 from vaekit.batching import binarize_fixed
 from vaekit.config import BLOCKS, ModelConfig
 from vaekit.errors import VaekitError
@@ -70,12 +72,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=100, help="test images per call (vaekit evaluate's)")
     parser.add_argument("--chunks", default="1024,2048,4096,8192")
+    parser.add_argument(
+        "--pieces", default=f"0,{speed.CPU_PIECE_IMAGES}", help="decoded images per worker call; 0: one call per chunk"
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_nll.json"))
     args = parser.parse_args()
     x, source = load_test_images(args.images)
     rows = []
-    print(f"{'K':>2} {'compiled':>8} {'chunk':>6} {'seconds':>8} {'samples/s':>10} {'protocol min':>13}")
+    print(f"{'K':>2} {'compiled':>8} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10} {'protocol min':>13}")
     for k in map(int, args.components.split(",")):
         torch.manual_seed(0)
         base = VAE(
@@ -85,13 +90,17 @@ def main() -> None:
         )
         for compiled in (False, True) if args.compile else (False,):
             model = inference_model(base, compile=compiled)
-            for chunk in map(int, args.chunks.split(",")):
+            for chunk, piece in [
+                (c, p) for c in map(int, args.chunks.split(",")) for p in map(int, args.pieces.split(","))
+            ]:
+                speed.CPU_PIECE_IMAGES = piece or chunk
                 seconds, nll = time_estimate(model, x, args.samples, args.batch_size, chunk)
                 rate = len(x) * args.samples / seconds
                 row = {
                     "components": k,
                     "compiled": compiled,
                     "chunk": chunk,
+                    "piece": piece,
                     "images": len(x),
                     "samples": args.samples,
                     "seconds": seconds,
@@ -101,7 +110,7 @@ def main() -> None:
                 }
                 rows.append(row)
                 minutes = row["protocol_minutes"]
-                print(f"{k:>2} {str(compiled):>8} {chunk:>6} {seconds:>8.1f} {rate:>10.0f} {minutes:>13.1f}")
+                print(f"{k:>2} {str(compiled):>8} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} {minutes:>13.1f}")
     record = {
         "rows": rows,
         "data": source,

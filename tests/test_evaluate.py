@@ -20,7 +20,7 @@ from vaekit.fast_modules import twin
 from vaekit.model import VAE
 from vaekit.objectives import elbo_terms
 from vaekit.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
-from vaekit.speed import AutocastNetwork, autocast_networks
+from vaekit.speed import CPU_PIECE_IMAGES, AutocastNetwork, autocast_networks
 from vaekit.training import train
 
 
@@ -111,8 +111,10 @@ def test_samples_are_batched_not_looped_per_image(tiny_model, tiny_run):
             log_likelihood_estimate(tiny_model, x, samples=50, chunk=320)
     finally:
         handle.remove()
-    # 320 // 16 = 20 samples per chunk for all 16 images at once: 3 decoder calls for 50 samples
-    assert calls == [320, 320, 160]
+    # 320 // 16 = 20 samples per chunk for all 16 images at once, each chunk decoded in pieces
+    # of 200 // 16 = 12 samples (speed.CPU_PIECE_IMAGES): 50 samples are 12+8, 12+8, 10.
+    assert CPU_PIECE_IMAGES == 200
+    assert sorted(calls) == sorted([16 * 12, 16 * 8, 16 * 12, 16 * 8, 16 * 10])
 
 
 def test_evaluate_model_reports_means_errors_bits_and_usage(tiny_model, tiny_run):

@@ -20,6 +20,7 @@ from vaekit.objectives import training_loss
 from vaekit.speed import (
     AutocastNetwork,
     autocast_networks,
+    decoded_log_prob,
     fast_networks,
     fold_batchnorm,
     full_precision,
@@ -116,6 +117,47 @@ def test_fast_evaluation_gives_the_same_numbers():
     fast = evaluate_model(model, images, binarize=True, samples=8, batch_size=4, progress=False, fast=True)
     for key in ("elbo", "nll"):
         assert fast["test"][key]["mean"] == pytest.approx(plain["test"][key]["mean"], rel=1e-5)
+
+
+@pytest.fixture
+def threads():
+    """Sets intra-op threads for one test and puts the count back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("piece_images", [1, 3, 8, 1000])
+def test_decoding_in_pieces_gives_the_one_call_log_prob(piece_images, threads, monkeypatch):
+    import vaekit.speed as speed
+
+    model = inference_model(_model(components=2))
+    x = torch.bernoulli(torch.rand(4, 1, 32, 32))
+    z = torch.randn(5, 4, 8)  # 5 samples of 4 images: pieces of 1 or 2 samples, or all 5 at once
+    with torch.no_grad():
+        expected = model.decode(z).log_prob(model.crop(x)).double()  # (5, 4), one call
+    monkeypatch.setattr(speed, "CPU_PIECE_IMAGES", piece_images)
+    per_thread_count = []
+    for count in (1, 2, 3):
+        threads(count)
+        with torch.inference_mode():
+            got = decoded_log_prob(model, z, model.crop(x))
+        assert got.shape == (5, 4) and not got.requires_grad
+        per_thread_count.append(got)
+    torch.testing.assert_close(per_thread_count[0].double(), expected, rtol=1e-5, atol=1e-3)
+    # The pieces, not the workers, fix the arithmetic: any thread count gives the same bits.
+    assert torch.equal(per_thread_count[0], per_thread_count[1])
+    assert torch.equal(per_thread_count[0], per_thread_count[2])
+
+
+def test_decoding_in_pieces_keeps_no_graph_when_the_caller_tracks_gradients(threads, monkeypatch):
+    import vaekit.speed as speed
+
+    monkeypatch.setattr(speed, "CPU_PIECE_IMAGES", 2)
+    threads(2)
+    model = _model().eval()
+    got = decoded_log_prob(model, torch.randn(3, 2, 8), model.crop(torch.bernoulli(torch.rand(2, 1, 32, 32))))
+    assert got.grad_fn is None and not got.requires_grad
 
 
 def test_autocast_is_a_no_op_off_cuda():

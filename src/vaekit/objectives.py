@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .kl import closed_form_kl
+from .speed import decoded_log_prob
 
 
 @dataclass
@@ -75,7 +76,7 @@ def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int | N
     for start in range(0, samples, per_chunk):
         s = min(per_chunk, samples - start)
         z = q.sample((s,))  # (s, B, D)
-        log_w = model.decode(z).log_prob(target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
+        log_w = decoded_log_prob(model, z, target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
         total = torch.logaddexp(total, torch.logsumexp(log_w.double(), 0))
         if bar is not None:
             bar.update(s * b)
