@@ -37,7 +37,7 @@ from .networks import ConvDecoder, ConvEncoder
 NETWORKS = ("encoder", "decoder")
 
 # Decoded images per piece in decoded_log_prob. On the 2-core CPU, 100-400 image pieces on
-# single-threaded workers ran 1.3-1.8x the rate of one 2,000-image call on both threads
+# single-threaded workers ran 1.37-1.65x the rate of one 2,000-image call on both threads
 # (benchmarks/README.md, eval_nll.py); the piece size, not the thread count, fixes the numbers.
 CPU_PIECE_IMAGES = 200
 
