@@ -265,11 +265,11 @@ def decoded_log_prob(model: nn.Module, z: torch.Tensor, target: torch.Tensor) ->
     images), side by side on one single-threaded worker per intra-op thread. The pieces do not
     depend on the thread count, so neither do the numbers. Elsewhere: one call.
     """
-    inference = torch.is_inference_mode_enabled()
     if z.device.type != "cpu":
         with torch.no_grad():
             return model.decode(z).log_prob(target)
     pieces = z.split(max(1, CPU_PIECE_IMAGES // z.shape[1]))
+    inference = torch.is_inference_mode_enabled()
 
     def piece_log_prob(piece: torch.Tensor) -> torch.Tensor:
         # Grad and inference modes are thread-local: the worker takes the caller's.
