@@ -1,11 +1,14 @@
 """Where a training step's time goes: vaekit.step.training_step under torch.profiler.
 
     python benchmarks/profile_step.py --device cuda [--width 128] [--components 1] [--estimator marginal]
+    python benchmarks/profile_step.py --device cpu --blocks gated --width 96 --prior vamp --batches 128 --compile
 
 Times the step vaekit.training runs (build_trainer, make_batch, training_step: fused Adam, finite
 flags, no host sync) at several batch sizes, with the networks in fp32 (the default) and under
 bf16 autocast (`--precision bf16`) on a GPU, then profiles 20 steps of --precision and prints the
-operators that take the most host time and the kernels launched per step. On a GPU a small
+operators that take the most host time and the kernels launched per step. `--compile` also
+times the step with the networks compiled (`vaekit train --compile`), between two eager timings,
+and the first step's seconds (the compiling). On a GPU a small
 network's step is bound by the host (Python and kernel launches), not by arithmetic: the
 images/s at growing batch sizes show how far. Writes benchmarks/results/profile_step.json.
 """
@@ -33,7 +36,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_trainer(args: argparse.Namespace, batch: int, device: torch.device, precision: str = "fp32"):
+def make_trainer(
+    args: argparse.Namespace, batch: int, device: torch.device, precision: str = "fp32", compile: bool = False
+):
     config = RunConfig(
         ModelConfig(
             latent_size=args.latent_size,
@@ -43,7 +48,9 @@ def make_trainer(args: argparse.Namespace, batch: int, device: torch.device, pre
             prior=args.prior,
         ),
         DataConfig(dataset="fashion-mnist"),
-        TrainConfig(batch_size=batch, device=device.type, mixture_estimator=args.estimator, precision=precision),
+        TrainConfig(
+            batch_size=batch, device=device.type, mixture_estimator=args.estimator, precision=precision, compile=compile
+        ),
     )
     trainer = build_trainer(config, None, None, DistContext(), device)
     images = torch.randint(0, 256, (batch, 1, 32, 32), dtype=torch.uint8, device=device)
@@ -52,9 +59,17 @@ def make_trainer(args: argparse.Namespace, batch: int, device: torch.device, pre
     return trainer, lambda: training_step(trainer, make_batch(images, index, True, fmt), 1e-3, 1.0)
 
 
-def images_per_s(args: argparse.Namespace, batch: int, precision: str, device: torch.device) -> float:
-    _, step = make_trainer(args, batch, device, precision)
-    for _ in range(5):
+def images_per_s(
+    args: argparse.Namespace, batch: int, precision: str, device: torch.device, compile: bool = False
+) -> tuple[float, float]:
+    """The median images/s of the timed repeats, and the seconds the first step took."""
+    _, step = make_trainer(args, batch, device, precision, compile)
+    sync(device)
+    started = time.perf_counter()
+    step()
+    sync(device)
+    first = time.perf_counter() - started
+    for _ in range(4):
         step()
     rates = []
     for _ in range(args.repeats):
@@ -64,7 +79,7 @@ def images_per_s(args: argparse.Namespace, batch: int, precision: str, device: t
             step()
         sync(device)
         rates.append(args.steps * batch / (time.perf_counter() - started))
-    return statistics.median(rates)
+    return statistics.median(rates), first
 
 
 def main(argv=None) -> int:
@@ -80,15 +95,23 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="128,512,2048", help="batch sizes to time (default 128,512,2048)")
     p.add_argument("--steps", type=int, default=30, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="also time the step with compiled networks")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "profile_step.json"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    rates = {}
+    rates, first_step_s = {}, {}
+    # Eager, compiled, eager again: the machine's drift shows in the two eager rows.
+    ways = ("", ", compiled", ", again") if args.compile else ("",)
     for batch in [int(b) for b in args.batches.split(",")]:
         for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
-            key = f"batch {batch}, {precision}"
-            rates[key] = images_per_s(args, batch, precision, device)
-            print(f"{key:32} {rates[key]:12.0f} images/s  {1e3 * batch / rates[key]:8.2f} ms/step", flush=True)
+            for way in ways:
+                key = f"batch {batch}, {precision}{way}"
+                rates[key], first_step_s[key] = images_per_s(args, batch, precision, device, way == ", compiled")
+                print(
+                    f"{key:32} {rates[key]:12.0f} images/s  {1e3 * batch / rates[key]:8.2f} ms/step"
+                    f"  first step {first_step_s[key]:6.1f} s",
+                    flush=True,
+                )
 
     _, step = make_trainer(args, 128, device, args.precision)
     for _ in range(5):
@@ -109,7 +132,13 @@ def main(argv=None) -> int:
     print(json.dumps(summary))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "images_per_s": rates, "batch_128": summary}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"settings": vars(args), "images_per_s": rates, "first_step_s": first_step_s, "batch_128": summary},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0
 

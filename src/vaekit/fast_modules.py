@@ -76,6 +76,7 @@ def twin(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
         raise TypeError(f"{cls.__name__} is not a twin of {type(module).__name__}")
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
+    new.__dict__.pop("_compiled_call_impl", None)  # as deepcopy does: module.compile()'s function calls `module`
     for name in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
         object.__setattr__(new, name, type(module.__dict__[name])(module.__dict__[name]))
     return new
