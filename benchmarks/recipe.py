@@ -54,6 +54,10 @@ VARIANTS: dict[str, list[str]] = {
 VARIANTS["gated96-vamp-seed2"] = VARIANTS["gated96-vamp"] + ["--seed", "2"]
 VARIANTS["gated96-vamp-klw2"] = VARIANTS["gated96-vamp"] + ["--kl-warmup", "2"]
 VARIANTS["gated96-vamp-klw2-seed2"] = VARIANTS["gated96-vamp-klw2"] + ["--seed", "2"]
+for _epochs in ("1", "4", "8"):
+    VARIANTS[f"gated96-vamp-klw{_epochs}"] = VARIANTS["gated96-vamp"] + ["--kl-warmup", _epochs]
+VARIANTS["gated96-vamp-klw4-lr3e-3"] = VARIANTS["gated96-vamp-klw4"] + ["--lr", "3e-3"]
+VARIANTS["gated96-vamp-klw4-lr3e-3-seed2"] = VARIANTS["gated96-vamp-klw4-lr3e-3"] + ["--seed", "2"]
 TEST_IMAGES, SAMPLES, EVAL_SEED = 2000, 250, 2024
 
 

@@ -1,5 +1,7 @@
 """IWAE / SIWAE bounds against the ELBO and a brute-force recomputation; the training loss."""
 
+import json
+
 import pytest
 import torch
 from torch import distributions as D
@@ -144,8 +146,8 @@ def test_config_refuses_beta_with_importance_weights_and_trains_grey_likelihoods
     assert RunConfig(ModelConfig(likelihood="bernoulli"), DataConfig(binarize=False)).resolved().data.binarize is False
 
 
-def test_the_kl_warmup_defaults_to_two_epochs_for_the_elbo_and_none_for_importance_weighted_bounds():
-    assert TrainConfig().warmup_epochs == 2.0
+def test_the_kl_warmup_defaults_to_four_epochs_for_the_elbo_and_none_for_importance_weighted_bounds():
+    assert TrainConfig().warmup_epochs == 4.0
     assert TrainConfig(iw_samples=5).warmup_epochs == 0.0
     assert TrainConfig(mixture_estimator="stratified").warmup_epochs == 0.0
     assert TrainConfig(kl_warmup=0).warmup_epochs == 0.0
@@ -153,6 +155,19 @@ def test_the_kl_warmup_defaults_to_two_epochs_for_the_elbo_and_none_for_importan
     RunConfig(ModelConfig(components=2), train=TrainConfig(iw_samples=5)).validate()  # the default needs no flag
     with pytest.raises(VaekitError, match="--kl-warmup must be >= 0"):
         TrainConfig(kl_warmup=-1).validate()
+
+
+def test_a_run_saves_its_kl_warmup_as_a_number_and_a_saved_null_keeps_the_two_epochs_it_meant(tmp_path):
+    assert RunConfig().resolved().train.kl_warmup == 4.0
+    assert RunConfig(train=TrainConfig(iw_samples=5)).resolved().train.kl_warmup == 0.0
+    assert RunConfig(train=TrainConfig(kl_warmup=1.5)).resolved().train.kl_warmup == 1.5
+    # config.json files written while null meant the default, 2 epochs then (the shipped models' among them)
+    for iw_samples, meant in ((1, 2.0), (5, 0.0)):
+        saved = RunConfig(train=TrainConfig(iw_samples=iw_samples)).to_dict()
+        assert saved["train"]["kl_warmup"] is None
+        path = tmp_path / f"config-{iw_samples}.json"
+        path.write_text(json.dumps(saved))
+        assert RunConfig.load(path).train.warmup_epochs == meant
 
 
 def test_the_kl_weight_rises_step_by_step_and_the_metrics_name_each_epochs_objective(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA where there is one
 MIXTURE_ESTIMATORS = ("marginal", "stratified", "pathwise")
 MIXTURE_WEIGHTS = ("learned", "equal")
 BLOCKS = ("plain", "gated")  # the built-in networks' conv blocks (networks._block)
+KL_WARMUP_EPOCHS = 4.0  # --kl-warmup's default for the ELBO
 # Their images are 28 pixels whatever --image-size says, so their loader is not asked for a size.
 FIXED_SIZE_DATASETS = ("fashion-mnist", "mnist")
 
@@ -168,7 +169,7 @@ class TrainConfig:
         "VampPrior models trained with)",
         choices=OPTIMIZERS,
     )
-    lr: float = setting(2e-3, "peak learning rate of the optimizer (default {default})")
+    lr: float = setting(3e-3, "peak learning rate of the optimizer (default {default})")
     # A pure function of the step (lr_at), so a resumed run needs no scheduler state.
     lr_schedule: str = setting("cosine", "cosine (default): anneal --lr to 0 over --epochs; or constant")
     lr_warmup: int = setting(
@@ -177,12 +178,12 @@ class TrainConfig:
     seed: int = setting(69420, "seed of the initial weights, the batch order and the noise (default {default})")
     device: str = setting("auto", "auto, cpu or cuda")
     beta: float = setting(1.0, "weight of the KL term (not 1: a beta-objective, not the ELBO)")
-    # None: 2 epochs for the ELBO (benchmarks/README.md, "Third round"), none for the importance-
-    # weighted bounds, which have no KL term to weight.
+    # None: KL_WARMUP_EPOCHS for the ELBO (benchmarks/README.md, "Fourth round"), none for the
+    # importance-weighted bounds, which have no KL term to weight. resolved() writes the number.
     kl_warmup: float | None = setting(
         None,
-        "epochs over which the KL term's weight rises linearly from 0 to --beta (default: 2, or 0 with an "
-        "importance-weighted bound; 0: none)",
+        f"epochs over which the KL term's weight rises linearly from 0 to --beta (default: {KL_WARMUP_EPOCHS:g}, "
+        "or 0 with an importance-weighted bound; 0: none)",
         metavar="EPOCHS",
     )
     # Only where the KL is known per dimension in closed form: K=1 and the normal prior.
@@ -294,7 +295,7 @@ class TrainConfig:
     def warmup_epochs(self) -> float:
         """The KL warm-up's length in epochs, --kl-warmup's default resolved."""
         if self.kl_warmup is None:
-            return 0.0 if self.importance_weighted else 2.0
+            return 0.0 if self.importance_weighted else KL_WARMUP_EPOCHS
         return float(self.kl_warmup)
 
     def trains_elbo_in(self, epoch: int) -> bool:
@@ -316,6 +317,10 @@ class TrainConfig:
             return "elbo"
         return f"beta-objective(beta={self.beta:g}, warmup={self.warmup_epochs:g}, free_bits={self.free_bits:g})"
 
+
+# What a config.json holding kl_warmup null was trained with: the default before it became
+# KL_WARMUP_EPOCHS (today's configs hold the number).
+LEGACY_KL_WARMUP_EPOCHS = 2.0
 
 # What a config.json written before a setting existed meant by leaving it out, where today's
 # default differs: such a run loads, evaluates and resumes as it was trained.
@@ -350,6 +355,7 @@ class RunConfig:
         A likelihood of grey levels (registered with data="grey") is meant for the 8-bit data, so it turns
         binarisation off, as --grey does."""
         config = copy.deepcopy(self)
+        config.train.kl_warmup = config.train.warmup_epochs  # config.json holds the number, not "the default"
         spec = registry.likelihoods().get(config.model.likelihood)  # an unknown name is validate()'s to report
         if spec is not None and spec.data == "grey":
             config.data.binarize = False
@@ -375,7 +381,10 @@ class RunConfig:
             for section, absent in ABSENT_MEANS.items():
                 if isinstance(data.get(section), dict):
                     data[section] = {**absent, **data[section]}
-        return from_dict(cls, data, where)
+        config = from_dict(cls, data, where)
+        if config.train.kl_warmup is None:  # stored when "the default" was 2 epochs: resume it as trained
+            config.train.kl_warmup = 0.0 if config.train.importance_weighted else LEGACY_KL_WARMUP_EPOCHS
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
