@@ -220,7 +220,7 @@ class TrainConfig:
     precision: str = setting(
         "fp32", "the networks' arithmetic on a GPU: fp32 (default) or bf16 (autocast; the bounds stay fp32)"
     )
-    # On the 2-core CPU a compiled gated step ran 1.2-1.25x an eager one (benchmarks/README.md);
+    # On the 2-core CPU a compiled gated step ran 1.11-1.17x an eager one (benchmarks/README.md);
     # the compiling is paid again by every process that trains, a resumed one included.
     compile: bool = setting(
         False, "torch.compile the encoder and decoder for training (about a minute of compiling first)"

@@ -228,8 +228,8 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
     ctx.sync_buffers(run.trainer.model)  # evaluate and save rank 0's BatchNorm statistics on every rank
     if run.trainer.ema is not None:
         ctx.sync_buffers(run.trainer.ema.module)
-    # BatchNorm folded: validation ran ~2x faster; and eager where training runs compiled networks,
-    # which would otherwise compile again for eval mode.
+    # A copy, so that networks compiled for training (--compile) are not compiled again for eval
+    # mode; folding its BatchNorm costs nothing (10,000 validation images took ~5 s either way).
     evaluated = inference_model(run.trainer.evaluated)
     row = _metrics_row(run, evaluated, totals, seconds)
     state.history.append(row)
