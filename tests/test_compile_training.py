@@ -26,7 +26,7 @@ def graphs(monkeypatch):
         seen.append({"inference_mode": torch.is_inference_mode_enabled(), "grad": torch.is_grad_enabled()})
         return gm.forward
 
-    monkeypatch.setattr(step, "compile_for_training", functools.partial(speed.compile_for_training, backend=backend))
+    monkeypatch.setattr(step, "compile_networks", functools.partial(speed.compile_networks, backend=backend))
     torch._dynamo.reset()
     yield seen
     torch._dynamo.reset()

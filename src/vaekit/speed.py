@@ -11,8 +11,8 @@ plain PyTorch; training and evaluation apply these where they ask for speed.
 - `inference_model`: the copy evaluation should run: fast twins, folded, channels_last,
   optionally compiled.
 - `compile_networks`: torch.compile of the encoder and decoder only (the distributions and
-  bounds stay eager Python, so they still read like the maths); `compile_for_training` the same
-  for training steps (`--compile`).
+  bounds stay eager Python, so they still read like the maths), for evaluation and for
+  training steps (`--compile`).
 - `set_threads`: intra-op threads for this process.
 - `decoded_log_prob`: log p(x|z) for many z at once without gradients; on a CPU, pieces of
   the batch decode side by side on single-threaded workers.
@@ -193,28 +193,19 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
-def compile_networks(model: nn.Module, mode: str | None = None) -> nn.Module:
+def compile_networks(
+    model: nn.Module, mode: str | None = None, dynamic: bool = False, backend: str = "inductor"
+) -> nn.Module:
     """Compiles `model.encoder` and `model.decoder` in place with torch.compile and returns model.
 
-    Shapes are kept static (dynamic=False): evaluation uses one batch size, and a last,
-    shorter batch costs one more compilation, paid once.
-    """
-    model.encoder.compile(mode=mode, dynamic=False)
-    model.decoder.compile(mode=mode, dynamic=False)
-    return model
-
-
-def compile_for_training(model: nn.Module, backend: str = "inductor") -> nn.Module:
-    """Compiles `model.encoder` and `model.decoder` in place for training steps; returns model.
-
-    The batch dimension is dynamic from the start, so an epoch's last, shorter batch and the
-    VampPrior's pseudo-inputs run the one graph instead of compiling more (~1 min each on a
-    2-core CPU). Evaluation during training runs an eager copy (`inference_model`), so the
-    compiled networks never see eval mode either. `backend` is torch.compile's ("eager" only
-    traces: the tests use it for speed).
+    Evaluation keeps shapes static (one batch size; a last, shorter batch costs one more
+    compilation, paid once). Training (`--compile`) asks for `dynamic=True`: an epoch's last,
+    shorter batch and the VampPrior's pseudo-inputs then run the one graph instead of compiling
+    more (~1 min each on a 2-core CPU). `backend` is torch.compile's ("eager" only traces: the
+    tests use it for speed).
     """
     for name in NETWORKS:
-        getattr(model, name).compile(backend=backend, dynamic=True)
+        getattr(model, name).compile(mode=mode, dynamic=dynamic, backend=backend)
     return model
 
 

@@ -20,7 +20,7 @@ from .distributed import DistContext
 from .errors import VaekitError
 from .model import VAE, check_networks_given
 from .objectives import Terms, training_loss
-from .speed import compile_for_training, training_networks
+from .speed import compile_networks, training_networks
 from .stops import non_finite_flags
 
 
@@ -108,8 +108,10 @@ def build_trainer(
     training_networks(model, device, t.precision)  # the fast twins; bf16 networks on a GPU if asked
     optimizer = make_optimizer(model, t.lr, t.optimizer)
     ema = moving_average(model, t.ema) if t.ema else None
-    if t.compile:  # after the moving average's copy, which must stay an eager module of its own
-        compile_for_training(model)
+    # After the moving average's copy, which must stay an eager module of its own; evaluation
+    # during training runs an eager copy too (inference_model), so these never see eval mode.
+    if t.compile:
+        compile_networks(model, dynamic=True)
     # Each rank draws its own binarisation and reparameterisation noise.
     torch.manual_seed(t.seed * 1_000_003 + 7919 * (ctx.rank + 1))
     return Trainer(model, model, optimizer, t, ctx, ema)  # see data_parallel for several processes
