@@ -1,12 +1,13 @@
 """Throughput of the importance-sampled NLL on the path `vaekit evaluate` takes.
 
     python benchmarks/eval_nll.py [--width 128] [--blocks plain] [--images 200] [--samples 200]
-        [--chunks 1024,2048] [--pieces 0,200] [--compile]
+        [--chunks 1024,2048] [--pieces 0,200] [--crops 0,1] [--compile]
 
 Times speed.inference_model (fast twins, BatchNorm folded, channels_last; compiled with
---compile) on each chunk size (decoded images per chunk of draws) and piece size (decoded
+--compile) on each chunk size (decoded images per chunk of draws), piece size (decoded
 images per single-threaded worker call on a CPU, speed.CPU_PIECE_IMAGES; 0 decodes each chunk
-in one call on all threads), K=1 and K=5 models, and
+in one call on all threads) and crop (1: the decoder's last layer computes only the data's
+28x28 pixels, speed.crop_in_decoder; 0: the 32x32 frame, cropped after), K=1 and K=5 models, and
 states the minutes the literature's protocol (10,000 test images, S=1,000) would take at that
 rate. Models are untrained: the estimator's cost is one decoder pass per sample, which training
 does not change. Test images are Fashion-MNIST binarised with the evaluation seed when the
@@ -76,11 +77,17 @@ def main() -> None:
         "--pieces", default=f"0,{speed.CPU_PIECE_IMAGES}", help="decoded images per worker call; 0: one call per chunk"
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
+    parser.add_argument(
+        "--crops", default="1", help="1: the decoder computes only the data's pixels (speed.crop_in_decoder); 0: all"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_nll.json"))
     args = parser.parse_args()
     x, source = load_test_images(args.images)
     rows = []
-    print(f"{'K':>2} {'compiled':>8} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10} {'protocol min':>13}")
+    print(
+        f"{'K':>2} {'compiled':>8} {'crop':>5} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10} "
+        f"{'protocol min':>13}"
+    )
     for k in map(int, args.components.split(",")):
         torch.manual_seed(0)
         base = VAE(
@@ -88,8 +95,10 @@ def main() -> None:
                 latent_size=32, components=k, image_size=28, width=args.width, blocks=args.blocks, prior=args.prior
             )
         )
-        for compiled in (False, True) if args.compile else (False,):
-            model = inference_model(base, compile=compiled)
+        for compiled, crop in [
+            (c, bool(int(d))) for c in ((False, True) if args.compile else (False,)) for d in args.crops.split(",")
+        ]:
+            model = inference_model(base, compile=compiled, crop=crop)
             for chunk, piece in [
                 (c, p) for c in map(int, args.chunks.split(",")) for p in map(int, args.pieces.split(","))
             ]:
@@ -99,6 +108,7 @@ def main() -> None:
                 row = {
                     "components": k,
                     "compiled": compiled,
+                    "crop_in_decoder": crop,
                     "chunk": chunk,
                     "piece": piece,
                     "images": len(x),
@@ -110,7 +120,10 @@ def main() -> None:
                 }
                 rows.append(row)
                 minutes = row["protocol_minutes"]
-                print(f"{k:>2} {str(compiled):>8} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} {minutes:>13.1f}")
+                print(
+                    f"{k:>2} {str(compiled):>8} {str(crop):>5} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} "
+                    f"{minutes:>13.1f}"
+                )
     record = {
         "rows": rows,
         "data": source,

@@ -110,6 +110,33 @@ def test_folded_batchnorm_matches_eval_mode(components, blocks):
         torch.testing.assert_close(fast.decode(z).logits, model.decode(z).logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("blocks", ["plain", "gated"])
+def test_the_inference_copy_decodes_only_the_data_pixels(blocks):
+    model = _model(blocks=blocks)  # 28-pixel data in a 32-pixel frame
+    fast, uncropped = inference_model(model), inference_model(model, crop=False)
+    assert fast.decoder_crops and not uncropped.decoder_crops and not model.decoder_crops
+    assert model.decoder.body[-1][0].padding == (1, 1)  # the original is left as it was
+    model.eval()
+    z = torch.randn(6, 8)
+    x = torch.bernoulli(torch.rand(6, 1, 28, 28))
+    with torch.inference_mode():
+        params = fast.decoder(z)
+        assert params.shape == (6, 1, 28, 28)
+        # Independent: the eval-mode model's whole 32x32 output, the frame sliced off by hand.
+        torch.testing.assert_close(params, model.decoder(z)[..., 2:-2, 2:-2], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast.decode(z).log_prob(x), uncropped.decode(z).log_prob(x), rtol=1e-5, atol=1e-4)
+
+
+def test_without_a_frame_or_with_a_users_decoder_nothing_is_cropped_in_the_decoder():
+    model = VAE(ModelConfig(latent_size=8, image_size=32))
+    assert model.border == 0 and not inference_model(model).decoder_crops
+    own = VAE(ModelConfig(latent_size=8), decoder=nn.Sequential(copy.deepcopy(model.decoder)))
+    fast = inference_model(own)
+    assert not fast.decoder_crops and fast.decoder[0].body[-1][0].padding == (1, 1)
+    with torch.inference_mode():
+        assert fast.decode(torch.randn(2, 8)).logits.shape == (2, 1, 28, 28)
+
+
 def test_fast_evaluation_gives_the_same_numbers():
     model = VAE(ModelConfig(latent_size=4, image_size=28))
     images = make_tiny_splits(n=80).test.images

@@ -24,7 +24,7 @@ from .pictures import missing_pictures
 from .runs import load_run, load_run_data
 from .sample_quality import quality_numbers
 from .shipped import is_shipped, output_dir
-from .speed import full_precision, inference_model
+from .speed import can_crop_in_decoder, full_precision, inference_model
 from .usage import component_usage
 
 # --------------------------------------------------------------------------- importance-sampled NLL
@@ -83,8 +83,9 @@ def evaluate_model(
     With `keep_per_image` the result also holds "per_image": {"nll": ..., "elbo": ...}, float64
     numpy arrays in the order of `images` (for paired comparisons; not JSON).
 
-    `fast` evaluates a BatchNorm-folded channels_last copy (speed.inference_model: the same
-    numbers to float rounding, about 1.2-1.9x faster on CPU); `compile` also torch.compiles it.
+    `fast` evaluates a BatchNorm-folded channels_last copy whose decoder computes only the
+    data's pixels (speed.inference_model: the same numbers to float rounding, about 1.2-1.9x
+    faster on CPU); `compile` also torch.compiles it.
 
     `images` is uint8 (N, C, P, P) as the data module holds them; with `binarize` the whole
     set is binarised once with EVAL_BINARIZE_SEED before anything else.
@@ -319,7 +320,8 @@ def _network_path(model, fast: bool, compile: bool) -> str:
     if not (fast or compile):
         return "plain eval mode"
     layout = "" if model.custom_networks else ", channels_last"  # not applied to a user's networks
-    return ("compiled, " if compile else "") + "BatchNorm folded" + layout
+    crop = ", frame cropped in the decoder" if can_crop_in_decoder(model) else ""
+    return ("compiled, " if compile else "") + "BatchNorm folded" + crop + layout
 
 
 def _quality_or_reason(model, data, n: int, seed: int, spec, progress: bool) -> dict:

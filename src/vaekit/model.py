@@ -55,6 +55,8 @@ class VAE(nn.Module):
         self.config = config
         size = config.padded_size
         self.border = (size - config.image_size) // 2  # 28-pixel data sits inside a 32-pixel frame
+        # True where the decoder itself returns only the data's pixels (speed.crop_in_decoder).
+        self.decoder_crops = False
         # The built-in networks are made in this order (encoder, likelihood, decoder, prior), so a
         # seed gives the same weights as before user networks existed.
         self.encoder = (
@@ -103,7 +105,8 @@ class VAE(nn.Module):
         params = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, C', S, S)
         if self._unchecked["decoder"]:
             self._check_decoder_output(z, params)
-        params = self.crop(params)  # (N, C', H, W)
+        if not self.decoder_crops:
+            params = self.crop(params)  # (N, C', H, W)
         return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
 
     def prior(self):
