@@ -1,7 +1,7 @@
 """Throughput of the importance-sampled NLL on the path `vaekit evaluate` takes.
 
     python benchmarks/eval_nll.py [--width 128] [--blocks plain] [--images 200] [--samples 200]
-        [--chunks 1024,2048] [--pieces 0,200] [--crops 0,1] [--compile]
+        [--chunks 1024,2048] [--pieces 0,200] [--crops 0,1] [--compile] [--repeats 3]
 
 Times speed.inference_model (fast twins, BatchNorm folded, channels_last; compiled with
 --compile) on each chunk size (decoded images per chunk of draws), piece size (decoded
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -80,14 +81,11 @@ def main() -> None:
     parser.add_argument(
         "--crops", default="1", help="1: the decoder computes only the data's pixels (speed.crop_in_decoder); 0: all"
     )
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all settings, interleaved")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_nll.json"))
     args = parser.parse_args()
     x, source = load_test_images(args.images)
-    rows = []
-    print(
-        f"{'K':>2} {'compiled':>8} {'crop':>5} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10} "
-        f"{'protocol min':>13}"
-    )
+    models = {}
     for k in map(int, args.components.split(",")):
         torch.manual_seed(0)
         base = VAE(
@@ -95,37 +93,75 @@ def main() -> None:
                 latent_size=32, components=k, image_size=28, width=args.width, blocks=args.blocks, prior=args.prior
             )
         )
-        for compiled, crop in [
-            (c, bool(int(d))) for c in ((False, True) if args.compile else (False,)) for d in args.crops.split(",")
-        ]:
-            model = inference_model(base, compile=compiled, crop=crop)
-            for chunk, piece in [
-                (c, p) for c in map(int, args.chunks.split(",")) for p in map(int, args.pieces.split(","))
-            ]:
-                speed.CPU_PIECE_IMAGES = piece or chunk
-                seconds, nll = time_estimate(model, x, args.samples, args.batch_size, chunk)
-                rate = len(x) * args.samples / seconds
-                row = {
-                    "components": k,
-                    "compiled": compiled,
-                    "crop_in_decoder": crop,
-                    "chunk": chunk,
-                    "piece": piece,
-                    "images": len(x),
-                    "samples": args.samples,
-                    "seconds": seconds,
-                    "importance_samples_per_s": rate,
-                    "protocol_minutes": PROTOCOL_SAMPLES / rate / 60,
-                    "mean_nll_untrained": nll,
-                }
-                rows.append(row)
-                minutes = row["protocol_minutes"]
-                print(
-                    f"{k:>2} {str(compiled):>8} {str(crop):>5} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} "
-                    f"{minutes:>13.1f}"
-                )
+        for compiled in (False, True) if args.compile else (False,):
+            for crop in (bool(int(c)) for c in args.crops.split(",")):
+                models[k, compiled, crop] = inference_model(base, compile=compiled, crop=crop)
+    settings = [
+        (*key, chunk, piece)
+        for key in models
+        for chunk in map(int, args.chunks.split(","))
+        for piece in map(int, args.pieces.split(","))
+    ]
+    header = f"{'K':>2} {'compiled':>8} {'crop':>5} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10}"
+    print(f"{header} {'protocol min':>13} {'round':>5}")
+    rows = []
+    # Rounds interleave the settings, so that this machine's drift from minute to minute falls
+    # on all of them alike; the summary takes each setting's median.
+    for round_ in range(args.repeats):
+        for k, compiled, crop, chunk, piece in settings:
+            speed.CPU_PIECE_IMAGES = piece or chunk
+            seconds, nll = time_estimate(models[k, compiled, crop], x, args.samples, args.batch_size, chunk)
+            rate = len(x) * args.samples / seconds
+            row = {
+                "components": k,
+                "compiled": compiled,
+                "crop_in_decoder": crop,
+                "chunk": chunk,
+                "piece": piece,
+                "round": round_,
+                "images": len(x),
+                "samples": args.samples,
+                "seconds": seconds,
+                "importance_samples_per_s": rate,
+                "protocol_minutes": PROTOCOL_SAMPLES / rate / 60,
+                "mean_nll_untrained": nll,
+            }
+            rows.append(row)
+            print(
+                f"{k:>2} {str(compiled):>8} {str(crop):>5} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} "
+                f"{row['protocol_minutes']:>13.1f} {round_:>5}"
+            )
+    summary = []
+    if args.repeats > 1:
+        print(f"medians over {args.repeats} rounds:\n{header} {'protocol min':>13}")
+    for k, compiled, crop, chunk, piece in settings:
+        seconds = statistics.median(
+            r["seconds"]
+            for r in rows
+            if (r["components"], r["compiled"], r["crop_in_decoder"], r["chunk"], r["piece"])
+            == (k, compiled, crop, chunk, piece)
+        )
+        rate = len(x) * args.samples / seconds
+        summary.append(
+            {
+                "components": k,
+                "compiled": compiled,
+                "crop_in_decoder": crop,
+                "chunk": chunk,
+                "piece": piece,
+                "median_seconds": seconds,
+                "importance_samples_per_s": rate,
+                "protocol_minutes": PROTOCOL_SAMPLES / rate / 60,
+            }
+        )
+        if args.repeats > 1:
+            print(
+                f"{k:>2} {str(compiled):>8} {str(crop):>5} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} "
+                f"{summary[-1]['protocol_minutes']:>13.1f}"
+            )
     record = {
         "rows": rows,
+        "medians": summary,
         "data": source,
         "model": f"untrained, {args.blocks} blocks, width {args.width}, latent 32, speed.inference_model",
         "batch_size": args.batch_size,
