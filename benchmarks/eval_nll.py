@@ -64,6 +64,28 @@ def time_estimate(model, x: torch.Tensor, samples: int, batch_size: int, chunk: 
         return time.perf_counter() - started, float(nll.mean())
 
 
+def rate_row(setting: tuple, samples: int, seconds: float) -> dict:
+    k, compiled, crop, chunk, piece = setting
+    rate = samples / seconds
+    return {
+        "components": k,
+        "compiled": compiled,
+        "crop_in_decoder": crop,
+        "chunk": chunk,
+        "piece": piece,
+        "seconds": seconds,
+        "importance_samples_per_s": rate,
+        "protocol_minutes": PROTOCOL_SAMPLES / rate / 60,
+    }
+
+
+def format_row(r: dict) -> str:
+    return (
+        f"{r['components']:>2} {str(r['compiled']):>8} {str(r['crop_in_decoder']):>5} {r['chunk']:>6} "
+        f"{r['piece']:>6} {r['seconds']:>8.1f} {r['importance_samples_per_s']:>10.0f} {r['protocol_minutes']:>13.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=128)
@@ -104,64 +126,26 @@ def main() -> None:
     ]
     header = f"{'K':>2} {'compiled':>8} {'crop':>5} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10}"
     print(f"{header} {'protocol min':>13} {'round':>5}")
-    rows = []
+    rows, seconds_by_setting = [], {setting: [] for setting in settings}
     # Rounds interleave the settings, so that this machine's drift from minute to minute falls
     # on all of them alike; the summary takes each setting's median.
     for round_ in range(args.repeats):
-        for k, compiled, crop, chunk, piece in settings:
+        for setting in settings:
+            k, compiled, crop, chunk, piece = setting
             speed.CPU_PIECE_IMAGES = piece or chunk
             seconds, nll = time_estimate(models[k, compiled, crop], x, args.samples, args.batch_size, chunk)
-            rate = len(x) * args.samples / seconds
-            row = {
-                "components": k,
-                "compiled": compiled,
-                "crop_in_decoder": crop,
-                "chunk": chunk,
-                "piece": piece,
-                "round": round_,
-                "images": len(x),
-                "samples": args.samples,
-                "seconds": seconds,
-                "importance_samples_per_s": rate,
-                "protocol_minutes": PROTOCOL_SAMPLES / rate / 60,
-                "mean_nll_untrained": nll,
-            }
-            rows.append(row)
-            print(
-                f"{k:>2} {str(compiled):>8} {str(crop):>5} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} "
-                f"{row['protocol_minutes']:>13.1f} {round_:>5}"
-            )
-    summary = []
+            seconds_by_setting[setting].append(seconds)
+            row = rate_row(setting, len(x) * args.samples, seconds)
+            rows.append({**row, "round": round_, "images": len(x), "samples": args.samples, "mean_nll_untrained": nll})
+            print(f"{format_row(row)} {round_:>5}")
+    medians = [rate_row(s, len(x) * args.samples, statistics.median(t)) for s, t in seconds_by_setting.items()]
     if args.repeats > 1:
         print(f"medians over {args.repeats} rounds:\n{header} {'protocol min':>13}")
-    for k, compiled, crop, chunk, piece in settings:
-        seconds = statistics.median(
-            r["seconds"]
-            for r in rows
-            if (r["components"], r["compiled"], r["crop_in_decoder"], r["chunk"], r["piece"])
-            == (k, compiled, crop, chunk, piece)
-        )
-        rate = len(x) * args.samples / seconds
-        summary.append(
-            {
-                "components": k,
-                "compiled": compiled,
-                "crop_in_decoder": crop,
-                "chunk": chunk,
-                "piece": piece,
-                "median_seconds": seconds,
-                "importance_samples_per_s": rate,
-                "protocol_minutes": PROTOCOL_SAMPLES / rate / 60,
-            }
-        )
-        if args.repeats > 1:
-            print(
-                f"{k:>2} {str(compiled):>8} {str(crop):>5} {chunk:>6} {piece:>6} {seconds:>8.1f} {rate:>10.0f} "
-                f"{summary[-1]['protocol_minutes']:>13.1f}"
-            )
+        for row in medians:
+            print(format_row(row))
     record = {
         "rows": rows,
-        "medians": summary,
+        "medians": medians,
         "data": source,
         "model": f"untrained, {args.blocks} blocks, width {args.width}, latent 32, speed.inference_model",
         "batch_size": args.batch_size,
