@@ -79,10 +79,23 @@ def rate_row(setting: tuple, samples: int, seconds: float) -> dict:
     }
 
 
+# (title, width, rate_row's key, format): one place for the table's columns.
+COLUMNS = (
+    ("K", 2, "components", ""),
+    ("compiled", 8, "compiled", ""),
+    ("crop", 5, "crop_in_decoder", ""),
+    ("chunk", 6, "chunk", ""),
+    ("piece", 6, "piece", ""),
+    ("seconds", 8, "seconds", ".1f"),
+    ("samples/s", 10, "importance_samples_per_s", ".0f"),
+    ("protocol min", 13, "protocol_minutes", ".1f"),
+)
+HEADER = " ".join(f"{title:>{width}}" for title, width, _, _ in COLUMNS)
+
+
 def format_row(r: dict) -> str:
-    return (
-        f"{r['components']:>2} {str(r['compiled']):>8} {str(r['crop_in_decoder']):>5} {r['chunk']:>6} "
-        f"{r['piece']:>6} {r['seconds']:>8.1f} {r['importance_samples_per_s']:>10.0f} {r['protocol_minutes']:>13.1f}"
+    return " ".join(
+        f"{r[key]:>{width}{spec}}" if spec else f"{str(r[key]):>{width}}" for _, width, key, spec in COLUMNS
     )
 
 
@@ -124,8 +137,7 @@ def main() -> None:
         for chunk in map(int, args.chunks.split(","))
         for piece in map(int, args.pieces.split(","))
     ]
-    header = f"{'K':>2} {'compiled':>8} {'crop':>5} {'chunk':>6} {'piece':>6} {'seconds':>8} {'samples/s':>10}"
-    print(f"{header} {'protocol min':>13} {'round':>5}")
+    print(f"{HEADER} {'round':>5}")
     rows, seconds_by_setting = [], {setting: [] for setting in settings}
     # Rounds interleave the settings, so that this machine's drift from minute to minute falls
     # on all of them alike; the summary takes each setting's median.
@@ -140,7 +152,7 @@ def main() -> None:
             print(f"{format_row(row)} {round_:>5}")
     medians = [rate_row(s, len(x) * args.samples, statistics.median(t)) for s, t in seconds_by_setting.items()]
     if args.repeats > 1:
-        print(f"medians over {args.repeats} rounds:\n{header} {'protocol min':>13}")
+        print(f"medians over {args.repeats} rounds:\n{HEADER}")
         for row in medians:
             print(format_row(row))
     record = {

@@ -37,6 +37,12 @@ KL_WARMUP_EPOCHS = 4.0  # --kl-warmup's default for the ELBO
 FIXED_SIZE_DATASETS = ("fashion-mnist", "mnist")
 
 
+def kl_warmup_default(importance_weighted: bool, elbo_epochs: float = KL_WARMUP_EPOCHS) -> float:
+    """--kl-warmup's default: none for the importance-weighted bounds, whose KL weight is fixed
+    at 1, else `elbo_epochs`."""
+    return 0.0 if importance_weighted else elbo_epochs
+
+
 def padded_size(image_size: int) -> int:
     """The network's input size for `image_size`-pixel data: 28 is zero-padded to 32 (a power of two)."""
     return 32 if image_size == 28 else image_size
@@ -295,7 +301,7 @@ class TrainConfig:
     def warmup_epochs(self) -> float:
         """The KL warm-up's length in epochs, --kl-warmup's default resolved."""
         if self.kl_warmup is None:
-            return 0.0 if self.importance_weighted else KL_WARMUP_EPOCHS
+            return kl_warmup_default(self.importance_weighted)
         return float(self.kl_warmup)
 
     def trains_elbo_in(self, epoch: int) -> bool:
@@ -383,7 +389,7 @@ class RunConfig:
                     data[section] = {**absent, **data[section]}
         config = from_dict(cls, data, where)
         if config.train.kl_warmup is None:  # stored when "the default" was 2 epochs: resume it as trained
-            config.train.kl_warmup = 0.0 if config.train.importance_weighted else LEGACY_KL_WARMUP_EPOCHS
+            config.train.kl_warmup = kl_warmup_default(config.train.importance_weighted, LEGACY_KL_WARMUP_EPOCHS)
         return config
 
     @classmethod
