@@ -159,6 +159,7 @@ def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None
             == (wrapped.importance_weighted, wrapped.latent_size),
         }
     Path(f"{out}.rank{rank}").write_text(json.dumps(rows))
+    dist.barrier()  # neither rank closes its connections while the other may still be reading them
     dist.destroy_process_group()
 
 

@@ -119,7 +119,7 @@ def _fashion_mnist_available() -> bool:
 
 
 @pytest.mark.skipif(not REAL_ZOO or not _fashion_mnist_available(), reason="needs a shipped model and Fashion-MNIST")
-def test_the_shipped_model_reproduces_its_first_batch_to_the_last_digit(tmp_path, monkeypatch):
+def test_the_shipped_model_reproduces_its_first_batch_to_float_rounding(tmp_path, monkeypatch):
     # The evaluation draws batch after batch from one seeded stream, so the first batch of the
     # shipped evaluation is what evaluating only those images gives: seconds, not the full protocol.
     name = REAL_ZOO[0]
@@ -139,4 +139,8 @@ def test_the_shipped_model_reproduces_its_first_batch_to_the_last_digit(tmp_path
         device=settings.get("device", "cpu"),  # the draws differ between CPU and CUDA
     )
     again = load_evaluated_run(f"zoo-{name}")
-    assert np.array_equal(again.nll, shipped_eval.nll[:batch])
+    # The same draws give the same bits on the CPU kind that made the evaluation; another
+    # instruction set (AVX2 against AVX-512) rounds the float32 kernels differently, which moved
+    # these NLLs by at most 3e-5 nats: far below the two decimals the README quotes.
+    assert np.abs(again.nll - shipped_eval.nll[:batch]).max() < 1e-3
+    assert again.nll.mean() == pytest.approx(shipped_eval.nll[:batch].mean(), abs=1e-4)
