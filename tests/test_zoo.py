@@ -119,10 +119,10 @@ def _fashion_mnist_available() -> bool:
 
 
 @pytest.mark.skipif(not REAL_ZOO or not _fashion_mnist_available(), reason="needs a shipped model and Fashion-MNIST")
-def test_the_shipped_model_reproduces_its_first_batch_to_float_rounding(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", REAL_ZOO)
+def test_each_shipped_model_reproduces_its_first_batch_to_float_rounding(name, tmp_path, monkeypatch):
     # The evaluation draws batch after batch from one seeded stream, so the first batch of the
     # shipped evaluation is what evaluating only those images gives: seconds, not the full protocol.
-    name = REAL_ZOO[0]
     shipped_eval = load_evaluated_run(f"zoo:{name}")
     settings = json.loads((shipped.ZOO_DIR / name / "evaluation.json").read_text())["settings"]
     monkeypatch.chdir(tmp_path)
