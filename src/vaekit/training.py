@@ -134,12 +134,14 @@ def _fit(run: Run, progress: bool) -> None:
     stops = Stops(run.trainer.model, t, run.trainer.ctx, run.run_dir, run.device)
     try:
         with stops, torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext():
-            while run.state.epoch < t.epochs:
+            stop = None
+            while stop is None and run.state.epoch < t.epochs:
                 stop = _train_epoch(run, stops, progress)
-                if stop is Stop.SIGNAL:
-                    raise stops.interrupted(run.state.step)
-                if stop is Stop.BUDGET:
-                    break
+            # Every rank stops at the same step. Wait here for rank 0's last writes: a rank that
+            # leaves gloo while its peer is still busy can abort at exit (SIGABRT).
+            run.trainer.ctx.barrier()
+            if stop is Stop.SIGNAL:
+                raise stops.interrupted(run.state.step)
     finally:
         if run.tb:
             run.tb.close()
