@@ -137,8 +137,9 @@ def _fit(run: Run, progress: bool) -> None:
             stop = None
             while stop is None and run.state.epoch < t.epochs:
                 stop = _train_epoch(run, stops, progress)
-            # Every rank stops at the same step. Wait here for rank 0's last writes: a rank that
-            # leaves gloo while its peer is still busy can abort at exit (SIGABRT).
+            # Every rank stops at the same step; wait for rank 0's last writes. Without this a rank
+            # exits right after its last collective, while gloo's worker thread still waits for the
+            # GIL to free that collective's tensors, and aborts in interpreter shutdown (SIGABRT).
             run.trainer.ctx.barrier()
             if stop is Stop.SIGNAL:
                 raise stops.interrupted(run.state.step)
