@@ -4,8 +4,10 @@ the run, evaluation and batches split the data without counting anything twice."
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +18,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import blob_images
+from conftest import blob_images, make_tiny_splits, tiny_config
 from vaekit import bounds
 from vaekit.batching import epoch_permutation, shard
 from vaekit.cli import main
 from vaekit.config import ModelConfig
 from vaekit.distributed import WEIGHT_HASH_ENV, DistContext
+from vaekit.errors import VaekitError
 from vaekit.model import VAE
 from vaekit.objectives import Terms, training_loss
-from vaekit.training import data_parallel
+from vaekit.training import data_parallel, train
 
 STEPS = 5  # 160 training images, global batch 32 (16 per rank), one epoch
 
@@ -217,3 +220,59 @@ def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
         row = next(csv.DictReader(f))
     assert row["objective"] == "iwae(3)"
     assert float(row["train_loss"]) == pytest.approx(-float(row["train_elbo"]), rel=1e-5)
+
+
+def _gloo_threads() -> list[str]:
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # a thread that ended while we looked
+            pass
+    return [n for n in names if "gloo" in n]
+
+
+def _nan_from_the_third_step() -> None:
+    real, calls = VAE.forward, [0]
+
+    def forward(self, x, *args, **kwargs):
+        terms = real(self, x, *args, **kwargs)
+        calls[0] += self.training
+        return dataclasses.replace(terms, recon=terms.recon * float("nan")) if calls[0] >= 3 else terms
+
+    VAE.forward = forward  # this spawned rank's own copy of the class
+
+
+def _train_under_env_then_list_gloo_threads(rank: int, world: int, port: int, out: str, ending: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = tiny_config(model__width=32)
+    config.train.checkpoint_every = 2  # a checkpoint mid-epoch: its all_gather of the RNG states too
+    if ending == "a NaN":
+        _nan_from_the_third_step()
+    try:
+        train(config, out=Path(out) / "run", data=make_tiny_splits(), progress=False)
+        error = ""
+        seen = {"initialized": dist.is_initialized(), "gloo": _gloo_threads()}
+    except VaekitError as exc:  # looked at while the traceback still holds every frame of the run
+        error = str(exc)
+        seen = {"initialized": dist.is_initialized(), "gloo": _gloo_threads()}
+    Path(f"{out}/threads.rank{rank}").write_text(json.dumps({**seen, "error": error}))
+    os._exit(0)  # the check is above; leave without exit-time destructors either way
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux's /proc")
+@pytest.mark.parametrize("ending", ["the last epoch", "a NaN"])
+def test_training_ends_the_process_group_and_its_gloo_threads(ending, tmp_path):
+    # A gloo thread left running at interpreter exit aborted ranks (SIGABRT) when it freed a
+    # collective's tensors: the process group must really end before train() returns or raises.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_under_env_then_list_gloo_threads, args=(2, port, str(tmp_path), ending), nprocs=2)
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"threads.rank{rank}").read_text())
+        assert seen["initialized"] is False and seen["gloo"] == [], rank
+        assert ("non-finite loss at step 3" in seen["error"]) == (ending == "a NaN"), seen["error"]
+    assert (tmp_path / "run" / "checkpoints" / "latest").exists()

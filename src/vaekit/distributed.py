@@ -81,11 +81,18 @@ def init_distributed(device_kind: str) -> DistContext:
         return DistContext()
     ctx = DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
+        # Before the group exists: torch.distributed.nn (which DDP imports) takes group.WORLD as
+        # a default argument when it is imported, and would keep the group alive for good.
+        import torch.distributed.nn  # noqa: F401
+
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return ctx
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
+    """Ends the process group; with nothing else holding it (drop the DDP wrapper first), its
+    threads end here. A gloo thread still alive at interpreter exit can abort the process
+    (SIGABRT) when it frees a collective's tensors."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -71,6 +71,7 @@ def train(
     ctx = init_distributed(resolve_device(config.train.device).type)
     run_dir = Path(resume or out or default_run_dir())
     created = resume is None and not run_dir.exists()
+    run: Run | None = None
     try:
         run = _open_run(config, run_dir, resume is not None, data, model, ctx)
         _fit(run, progress)
@@ -82,6 +83,8 @@ def train(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
+        if run is not None:
+            run.trainer.net = run.trainer.model  # DDP holds the process group, which must end with it
         shutdown_distributed(ctx)
 
 
@@ -134,15 +137,12 @@ def _fit(run: Run, progress: bool) -> None:
     stops = Stops(run.trainer.model, t, run.trainer.ctx, run.run_dir, run.device)
     try:
         with stops, torch.autograd.detect_anomaly() if t.detect_anomaly else nullcontext():
-            stop = None
-            while stop is None and run.state.epoch < t.epochs:
+            while run.state.epoch < t.epochs:
                 stop = _train_epoch(run, stops, progress)
-            # Every rank stops at the same step; wait for rank 0's last writes. Without this a rank
-            # exits right after its last collective, while gloo's worker thread still waits for the
-            # GIL to free that collective's tensors, and aborts in interpreter shutdown (SIGABRT).
-            run.trainer.ctx.barrier()
-            if stop is Stop.SIGNAL:
-                raise stops.interrupted(run.state.step)
+                if stop is Stop.SIGNAL:
+                    raise stops.interrupted(run.state.step)
+                if stop is Stop.BUDGET:
+                    break
     finally:
         if run.tb:
             run.tb.close()
