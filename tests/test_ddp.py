@@ -222,14 +222,14 @@ def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
     assert float(row["train_loss"]) == pytest.approx(-float(row["train_elbo"]), rel=1e-5)
 
 
-def _gloo_threads() -> list[str]:
+def _what_is_left_of_the_group() -> dict:
     names = []
     for task in Path("/proc/self/task").iterdir():
         try:
             names.append((task / "comm").read_text().strip())
         except OSError:  # a thread that ended while we looked
             pass
-    return [n for n in names if "gloo" in n]
+    return {"initialized": dist.is_initialized(), "gloo": [n for n in names if "gloo" in n]}
 
 
 def _nan_from_the_third_step() -> None:
@@ -253,12 +253,10 @@ def _train_under_env_then_list_gloo_threads(rank: int, world: int, port: int, ou
         _nan_from_the_third_step()
     try:
         train(config, out=Path(out) / "run", data=make_tiny_splits(), progress=False)
-        error = ""
-        seen = {"initialized": dist.is_initialized(), "gloo": _gloo_threads()}
+        seen = {**_what_is_left_of_the_group(), "error": ""}
     except VaekitError as exc:  # looked at while the traceback still holds every frame of the run
-        error = str(exc)
-        seen = {"initialized": dist.is_initialized(), "gloo": _gloo_threads()}
-    Path(f"{out}/threads.rank{rank}").write_text(json.dumps({**seen, "error": error}))
+        seen = {**_what_is_left_of_the_group(), "error": str(exc)}
+    Path(f"{out}/threads.rank{rank}").write_text(json.dumps(seen))
     os._exit(0)  # where the check fails, its answer reaches the test instead of an abort at exit
 
 
