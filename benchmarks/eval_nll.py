@@ -5,7 +5,7 @@
 
 Times speed.inference_model (fast twins, BatchNorm folded, channels_last; compiled with
 --compile) on each chunk size (decoded images per chunk of draws), piece size (decoded
-images per single-threaded worker call on a CPU, speed.CPU_PIECE_IMAGES; 0 decodes each chunk
+images per single-threaded worker call on a CPU, decoding.CPU_PIECE_IMAGES; 0 decodes each chunk
 in one call on all threads) and crop (1: the decoder's last layer computes only the data's
 28x28 pixels, speed.crop_in_decoder; 0: the 32x32 frame, cropped after), K=1 and K=5 models, and
 states the minutes the literature's protocol (10,000 test images, S=1,000) would take at that
@@ -27,15 +27,16 @@ from pathlib import Path
 
 import torch
 
-from vaekit import __version__, speed
-from vaekit.batching import binarize_fixed
+from vaekit import __version__
 from vaekit.config import BLOCKS, ModelConfig
+from vaekit.config.registry import priors
+from vaekit.data.batching import binarize_fixed
 from vaekit.errors import VaekitError
-from vaekit.evaluate import EVAL_BINARIZE_SEED
-from vaekit.model import VAE
-from vaekit.objectives import log_likelihood_estimate
-from vaekit.registry import priors
-from vaekit.speed import inference_model
+from vaekit.evaluation.evaluate import EVAL_BINARIZE_SEED
+from vaekit.models.speed import inference_model
+from vaekit.models.vae import VAE
+from vaekit.objectives import decoding
+from vaekit.objectives.bounds import log_likelihood_estimate
 
 PROTOCOL_SAMPLES = 10_000 * 1_000
 
@@ -110,11 +111,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100, help="test images per call (vaekit evaluate's)")
     parser.add_argument("--chunks", default="1024,2048,4096,8192")
     parser.add_argument(
-        "--pieces", default=f"0,{speed.CPU_PIECE_IMAGES}", help="decoded images per worker call; 0: one call per chunk"
+        "--pieces",
+        default=f"0,{decoding.CPU_PIECE_IMAGES}",
+        help="decoded images per worker call; 0: one call per chunk",
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     parser.add_argument(
-        "--crops", default="1", help="1: the decoder computes only the data's pixels (speed.crop_in_decoder); 0: all"
+        "--crops",
+        default="1",
+        help="1: the decoder computes only the data's pixels (vaekit.models.speed.crop_in_decoder); 0: all",
     )
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all settings, interleaved")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_nll.json"))
@@ -144,7 +149,7 @@ def main() -> None:
     for round_ in range(args.repeats):
         for setting in settings:
             k, compiled, crop, chunk, piece = setting
-            speed.CPU_PIECE_IMAGES = piece or chunk
+            decoding.CPU_PIECE_IMAGES = piece or chunk
             seconds, nll = time_estimate(models[k, compiled, crop], x, args.samples, args.batch_size, chunk)
             seconds_by_setting[setting].append(seconds)
             row = rate_row(setting, len(x) * args.samples, seconds)

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from vaekit.batching import binarize_fixed
 from vaekit.config import ModelConfig
 from vaekit.data import load_dataset
-from vaekit.distributions import MixtureOfGaussians
-from vaekit.model import VAE
-from vaekit.objectives import training_loss
-from vaekit.runs import load_run
+from vaekit.data.batching import binarize_fixed
+from vaekit.distributions.mixture import MixtureOfGaussians
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import training_loss
+from vaekit.runs.run_dir import load_run
 
 GROUPS = ("encoder", "mixture logits", "decoder")
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from vaekit.batching import binarize_fixed
-from vaekit.distributions import MixtureOfGaussians
-from vaekit.evaluate import EVAL_BINARIZE_SEED
-from vaekit.objectives import log_likelihood_estimate
-from vaekit.runs import load_run, load_run_data
-from vaekit.speed import inference_model
+from vaekit.data.batching import binarize_fixed
+from vaekit.distributions.mixture import MixtureOfGaussians
+from vaekit.evaluation.evaluate import EVAL_BINARIZE_SEED
+from vaekit.models.speed import inference_model
+from vaekit.objectives.bounds import log_likelihood_estimate
+from vaekit.runs.run_dir import load_run, load_run_data
 
 
 def log_joint(model, x: torch.Tensor, z: torch.Tensor, chunk: int) -> torch.Tensor:

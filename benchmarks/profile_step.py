@@ -1,9 +1,9 @@
-"""Where a training step's time goes: vaekit.step.training_step under torch.profiler.
+"""Where a training step's time goes: vaekit.training.step.training_step under torch.profiler.
 
     python benchmarks/profile_step.py --device cuda [--width 128] [--components 1] [--estimator marginal]
     python benchmarks/profile_step.py --device cpu --blocks gated --width 96 --prior vamp --batches 128 --compile
 
-Times the step vaekit.training runs (build_trainer, make_batch, training_step: fused Adam, finite
+Times the step vaekit.training.loop runs (build_trainer, make_batch, training_step: fused Adam, finite
 flags, no host sync) at several batch sizes, with the networks in fp32 (the default) and under
 bf16 autocast (`--precision bf16`) on a GPU, then profiles 20 steps of --precision and prints the
 operators that take the most host time and the kernels launched per step. `--compile` also
@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vaekit.batching import make_batch
 from vaekit.config import BLOCKS, DataConfig, ModelConfig, RunConfig, TrainConfig
-from vaekit.distributed import DistContext
-from vaekit.registry import priors
-from vaekit.step import build_trainer, training_step
+from vaekit.config.registry import priors
+from vaekit.data.batching import make_batch
+from vaekit.training.distributed import DistContext
+from vaekit.training.step import build_trainer, training_step
 
 
 def sync(device: torch.device) -> None:

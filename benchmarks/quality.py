@@ -7,11 +7,11 @@ every combination) of
     objective  ELBO | IWAE            (--iw-samples S; stratified SIWAE when K=5)
 on dynamically binarised Fashion-MNIST, each with the same wall-clock budget (--minutes; a run
 stops at the first step past it), and evaluates its last weights with vaekit's evaluator on
-the test set binarised once with vaekit.evaluate.EVAL_BINARIZE_SEED:
+the test set binarised once with vaekit.evaluation.evaluate.EVAL_BINARIZE_SEED:
     NLL       -log p(x) by importance sampling with q(z|x) as proposal (--nll-samples S)
     ELBO      one-sample ELBO, averaged over the test images
     FD        Fréchet distance of prior samples to the test set in the features of vaekit's
-              Fashion-MNIST classifier (vaekit.evaluate.sample_quality), when available
+              Fashion-MNIST classifier (vaekit.evaluation.evaluate.sample_quality), when available
     AU        active units: latent dimensions whose posterior mean varies across the test
               set by more than 0.01 (Burda et al. 2015)
     epochs    training images seen / training set size
@@ -46,18 +46,18 @@ from pathlib import Path
 
 import torch
 
-from vaekit.batching import make_batch
-from vaekit.compare import paired_difference
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import load_dataset
-from vaekit.distributed import resolve_device
-from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model
-from vaekit.model import VAE
-from vaekit.objectives import training_loss
-from vaekit.runs import load_run
-from vaekit.speed import training_networks
-from vaekit.step import make_optimizer
-from vaekit.training import train
+from vaekit.data.batching import make_batch
+from vaekit.devices import resolve_device
+from vaekit.evaluation.compare import paired_difference
+from vaekit.evaluation.evaluate import EVAL_BINARIZE_SEED, evaluate_model
+from vaekit.models.speed import training_networks
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import training_loss
+from vaekit.runs.run_dir import load_run
+from vaekit.training.loop import train
+from vaekit.training.step import make_optimizer
 
 EVAL_SEED = 2024  # the importance samples and prior samples, the same for every combination
 
@@ -274,8 +274,8 @@ def frechet(model, data, args: argparse.Namespace) -> tuple[float | None, str | 
     if args.quality_samples <= 0:
         return None, "skipped (--quality-samples 0)"
     try:
-        from vaekit.classifier import get_classifier
-        from vaekit.evaluate import sample_quality
+        from vaekit.evaluation.classifier import get_classifier
+        from vaekit.evaluation.evaluate import sample_quality
     except ImportError as exc:
         return None, f"not available: {exc}"
     classifier = get_classifier(data, progress=False)

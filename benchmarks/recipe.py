@@ -62,7 +62,7 @@ TEST_IMAGES, SAMPLES, EVAL_SEED = 2000, 250, 2024
 
 
 def trained_epochs(run: Path) -> int:
-    from vaekit.checkpoint import has_checkpoint, load_checkpoint
+    from vaekit.runs.checkpoint import has_checkpoint, load_checkpoint
 
     return load_checkpoint(run, "latest").state["epoch"] if has_checkpoint(run) else 0
 
@@ -84,9 +84,9 @@ def train(name: str, flags: list[str], epochs: int, runs: Path) -> Path:
 
 def derive(run: Path, kind: str) -> Path:
     """A copy of `run` whose latest checkpoint holds other weights (see the module docstring)."""
-    from vaekit.bn_stats import reestimate_batchnorm
-    from vaekit.checkpoint import load_checkpoint, resolve_pointer
-    from vaekit.runs import load_run, load_run_data
+    from vaekit.evaluation.bn_stats import reestimate_batchnorm
+    from vaekit.runs.checkpoint import load_checkpoint, resolve_pointer
+    from vaekit.runs.run_dir import load_run, load_run_data
 
     out = run.parent / f"{run.name}:{kind}"
     if (out / "evaluation.json").is_file():
@@ -107,7 +107,7 @@ def derive(run: Path, kind: str) -> Path:
 
 
 def evaluate(run: Path) -> None:
-    from vaekit.evaluate import evaluate_run
+    from vaekit.evaluation.evaluate import evaluate_run
 
     if not (run / "evaluation.json").is_file():
         evaluate_run(
@@ -148,7 +148,7 @@ def main() -> None:
         evaluated = derive(run, kind) if kind else run
         evaluate(evaluated)
         keep(evaluated, kept / name.replace(":", "_"))
-    from vaekit.compare import compare_runs, format_comparison
+    from vaekit.evaluation.compare import compare_runs, format_comparison
 
     # Every row ever evaluated, from the kept files: runs trained in other sessions or folders pair too.
     first = args.first.replace(":", "_")

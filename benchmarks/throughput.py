@@ -9,7 +9,7 @@ Measures, with median and min/max over --repeats:
   ceiling     fp32 matrix product through torch (GFLOP/s)
   naive       a plain eager NCHW training loop of the same network, written below (K=1, K=5;
               K=5 decodes each mixture component in its own decoder call, as a first attempt would)
-  vaekit      vaekit.training.train itself on Fashion-MNIST (batching and binarisation included):
+  vaekit      vaekit.training.loop.train itself on Fashion-MNIST (batching and binarisation included):
               images/s from the run's metrics (each epoch after the first is one repeat);
               K=5 and K=20 with --mixture-estimator pathwise, one decoder pass per image
   inference   encode+decode (posterior mean) of the plain eval model and of speed.inference_model
@@ -46,17 +46,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import vaekit
-from vaekit.batching import binarize_fixed, make_batch
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import ImageSet, load_dataset
-from vaekit.distributed import DistContext
-from vaekit.evaluate import log_likelihood_estimate
-from vaekit.model import VAE
-from vaekit.objectives import training_loss
-from vaekit.runs import read_metrics
-from vaekit.speed import inference_model, set_threads, training_networks, warm_up
-from vaekit.stops import StepChecks, check_every, non_finite_flags
-from vaekit.training import train
+from vaekit.data.batching import binarize_fixed, make_batch
+from vaekit.evaluation.evaluate import log_likelihood_estimate
+from vaekit.models.speed import inference_model, set_threads, training_networks, warm_up
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import training_loss
+from vaekit.runs.run_dir import read_metrics
+from vaekit.training.distributed import DistContext
+from vaekit.training.loop import train
+from vaekit.training.stops import StepChecks, check_every, non_finite_flags
 
 BATCH = 128
 LATENT = 32
@@ -178,7 +178,7 @@ def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, devic
 def vaekit_training(
     data, k: int, batches: int, repeats: int, device: torch.device, estimator: str = "marginal"
 ) -> dict:
-    """vaekit.training.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
+    """vaekit.training.loop.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
     config = RunConfig(
         ModelConfig(
             latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels, **SAME_NETWORK

@@ -15,9 +15,9 @@ import json
 import shutil
 from pathlib import Path
 
-from vaekit.checkpoint import resolve_pointer
-from vaekit.per_image import PER_IMAGE_FILE
-from vaekit.shipped import ZOO_DIR
+from vaekit.evaluation.per_image import PER_IMAGE_FILE
+from vaekit.runs.checkpoint import resolve_pointer
+from vaekit.runs.shipped import ZOO_DIR
 
 LIMIT_BYTES = 5 * 1024 * 1024
 

@@ -22,5 +22,5 @@ run k3marg --components 3 --prior mog --iw-samples 2 --lr-schedule cosine
 run k3strat --components 3 --mixture-estimator stratified --mixture-weights equal
 run grey_gauss --likelihood gaussian --grey --kl-warmup 1 --beta 0.5
 run grey_logistic --likelihood logistic --logistic-mixtures 2 --grey
-run cb --likelihood continuous-bernoulli --grey --free-bits 0.1
+run cb --likelihood continuous-bernoulli --grey --free-bits 0.1 --prior normal  # free bits need the normal prior
 rm -rf $T

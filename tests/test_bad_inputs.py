@@ -1,7 +1,7 @@
 """Bad input through the real command line: one line on stderr naming the problem and what to
 do, exit code 2, no traceback, and no run directory left behind.
 
-Table-driven and in-process (`vaekit.cli.main`), with two cases repeated in a subprocess to
+Table-driven and in-process (`vaekit.cli.main.main`), with two cases repeated in a subprocess to
 prove that nothing reaches the terminal but that line.
 """
 
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from conftest import blob_images
-from vaekit.cli import main
+from vaekit.cli.main import main
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -470,7 +470,7 @@ def test_a_path_that_cannot_be_written_is_one_line_exit_2(
     monkeypatch.chdir(tmp_path)
     argv = build(tmp_path, npz, finished_run)
     if argv[0] == "report":  # the pictures a report draws first are not what is tested here
-        monkeypatch.setattr("vaekit.pictures.ensure_pictures", lambda run_dir, data=None: None)
+        monkeypatch.setattr("vaekit.report.pictures.ensure_pictures", lambda run_dir, data=None: None)
 
     code = main(argv)
 
@@ -486,12 +486,12 @@ def test_a_path_that_cannot_be_written_is_one_line_exit_2(
 def test_a_disk_full_before_the_first_checkpoint_leaves_no_run(npz, tmp_path, monkeypatch, capsys):
     import errno
 
-    import vaekit.training
+    import vaekit.training.loop
 
     def full(run_dir, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "metrics.csv"))
 
-    monkeypatch.setattr(vaekit.training, "write_metrics", full)
+    monkeypatch.setattr(vaekit.training.loop, "write_metrics", full)
     out = tmp_path / "run"
     code = main(TRAIN + ["--dataset", f"npz:{npz}", "--out", str(out)])
     err = capsys.readouterr().err

@@ -5,10 +5,10 @@ import copy
 import torch
 
 from conftest import make_tiny_splits
-from vaekit.batching import binarize_fixed
-from vaekit.bn_stats import BN_SEED, reestimate_batchnorm
 from vaekit.config import ModelConfig
-from vaekit.model import VAE
+from vaekit.data.batching import binarize_fixed
+from vaekit.evaluation.bn_stats import BN_SEED, reestimate_batchnorm
+from vaekit.models.vae import VAE
 
 
 def test_each_batchnorm_holds_the_batch_averaged_mean_and_variance_of_its_input():

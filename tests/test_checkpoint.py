@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from conftest import blob_images, make_tiny_splits, tiny_config
-from vaekit import checkpoint
-from vaekit.checkpoint import load_checkpoint, save_checkpoint
-from vaekit.cli import main
+from vaekit.cli.main import main
 from vaekit.errors import VaekitError
-from vaekit.model import VAE
-from vaekit.training import train
+from vaekit.models.vae import VAE
+from vaekit.runs import checkpoint
+from vaekit.runs.checkpoint import load_checkpoint, save_checkpoint
+from vaekit.training.loop import train
 
 
 def _state(step: int) -> dict:
@@ -293,7 +293,7 @@ def test_detect_anomaly_turns_on_anomaly_mode_and_names_the_operation(npz, tmp_p
 
 
 def _spy_optimizer(monkeypatch) -> list:
-    import vaekit.step as step_module
+    import vaekit.training.step as step_module
 
     made = []
     real = step_module.make_optimizer
@@ -318,7 +318,7 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
 ):
     # What a GPU run does: the step never waits for the host; the flags are settled every
     # CUDA_CHECK_EVERY steps, here once at the epoch's end, and bad steps were skipped on the device.
-    import vaekit.stops as stops_module
+    import vaekit.training.stops as stops_module
 
     monkeypatch.setattr(stops_module, "check_every", lambda device, detect_anomaly: 1000)
     made = _spy_optimizer(monkeypatch)
@@ -336,7 +336,7 @@ def test_checks_settled_later_still_name_the_first_bad_step_and_skip_every_bad_u
 
 
 def test_fused_adam_skips_a_step_with_found_inf_and_takes_one_without():
-    from vaekit.step import make_optimizer
+    from vaekit.training.step import make_optimizer
 
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)

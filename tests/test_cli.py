@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import blob_images
-from vaekit.cli import main
+from vaekit.cli.main import main
 
 
 @pytest.fixture(scope="module")

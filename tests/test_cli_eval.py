@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import blob_images, make_tiny_splits, tiny_config
-from vaekit.checkpoint import load_checkpoint
-from vaekit.cli import main
+from vaekit.cli.main import main
+from vaekit.runs.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ class _FakeWriter:
 
 
 def test_tensorboard_gets_scalars_images_and_the_embedding(tmp_path, monkeypatch):
-    from vaekit.training import train
+    from vaekit.training.loop import train
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
     run = train(tiny_config(train__tensorboard=True), out=tmp_path / "run", data=make_tiny_splits(), progress=False)

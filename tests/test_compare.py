@@ -13,9 +13,9 @@ import pytest
 
 import vaekit
 from conftest import blob_images
-from vaekit.cli import main
-from vaekit.compare import paired_difference
-from vaekit.per_image import PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
+from vaekit.cli.main import main
+from vaekit.evaluation.compare import paired_difference
+from vaekit.evaluation.per_image import PER_IMAGE_FILE, PerImage, arrays_sha256, indices_sha256, per_image_bytes
 
 SETTINGS = {
     "dataset": "blobs",

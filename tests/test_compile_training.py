@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from conftest import make_tiny_splits, tiny_config
-from vaekit import speed, step, training
-from vaekit.fast_modules import twin
-from vaekit.runs import load_run, read_metrics
+from vaekit.models import speed
+from vaekit.models.fast_modules import twin
+from vaekit.runs.run_dir import load_run, read_metrics
+from vaekit.training import loop as training
+from vaekit.training import step
 
 
 @pytest.fixture

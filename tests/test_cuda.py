@@ -14,15 +14,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import blob_images, make_tiny_splits, tiny_config
-from vaekit.batching import binarize_fixed
-from vaekit.checkpoint import safe_torch_load
-from vaekit.distributions import MixtureOfGaussians
-from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run
-from vaekit.model import VAE
-from vaekit.objectives import elbo_terms, pathwise_terms
-from vaekit.runs import load_run, read_metrics
-from vaekit.speed import training_networks
-from vaekit.training import train
+from vaekit.data.batching import binarize_fixed
+from vaekit.distributions.mixture import MixtureOfGaussians
+from vaekit.evaluation.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run
+from vaekit.models.speed import training_networks
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import elbo_terms, pathwise_terms
+from vaekit.runs.checkpoint import safe_torch_load
+from vaekit.runs.run_dir import load_run, read_metrics
+from vaekit.training.loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")

@@ -19,15 +19,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import blob_images, make_tiny_splits, tiny_config
-from vaekit import bounds
-from vaekit.batching import epoch_permutation, shard
-from vaekit.cli import main
+from vaekit.cli.main import main
 from vaekit.config import ModelConfig
-from vaekit.distributed import WEIGHT_HASH_ENV, DistContext
+from vaekit.data.batching import epoch_permutation, shard
 from vaekit.errors import VaekitError
-from vaekit.model import VAE
-from vaekit.objectives import Terms, training_loss
-from vaekit.training import data_parallel, train
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import Terms, training_loss
+from vaekit.training import validation as bounds
+from vaekit.training.distributed import WEIGHT_HASH_ENV, DistContext
+from vaekit.training.loop import data_parallel, train
 
 STEPS = 5  # 160 training images, global batch 32 (16 per rank), one epoch
 

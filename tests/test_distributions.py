@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from vaekit.distributions import MixtureOfGaussians, diagonal_normal_kl_to_standard, standard_normal_log_prob
+from vaekit.distributions.mixture import MixtureOfGaussians, diagonal_normal_kl_to_standard, standard_normal_log_prob
 
 
 def _mixture(batch=3, k=4, d=5, seed=0, dtype=torch.float32):
@@ -83,8 +83,8 @@ def test_analytic_kl_matches_monte_carlo():
 
 def test_gradients_reach_mixture_logits_through_the_elbo():
     from vaekit.config import ModelConfig
-    from vaekit.model import VAE
-    from vaekit.objectives import elbo_terms
+    from vaekit.models.vae import VAE
+    from vaekit.objectives.bounds import elbo_terms
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_size=3, components=3, image_size=28))

@@ -3,8 +3,8 @@
 import torch
 
 from vaekit.config import ModelConfig
-from vaekit.model import VAE
-from vaekit.objectives import elbo_terms, log_likelihood_estimate
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import elbo_terms, log_likelihood_estimate
 
 
 def test_elbo_below_importance_sampled_log_likelihood():

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-import vaekit.training as train_module
+import vaekit.training.loop as train_module
 from conftest import make_tiny_splits, tiny_config
-from vaekit.bounds import bound_means
-from vaekit.checkpoint import load_checkpoint
 from vaekit.errors import VaekitError
-from vaekit.runs import load_run
-from vaekit.training import VALIDATION_SEED, train
+from vaekit.runs.checkpoint import load_checkpoint
+from vaekit.runs.run_dir import load_run
+from vaekit.training.loop import VALIDATION_SEED, train
+from vaekit.training.validation import bound_means
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_a_decay_outside_zero_to_one_is_refused(decay):
 
 
 def test_the_decay_warms_up_to_the_one_asked_for():
-    from vaekit.step import ema_decay
+    from vaekit.training.step import ema_decay
 
     assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
     assert ema_decay(0.999, 90) == pytest.approx(0.91)

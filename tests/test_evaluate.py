@@ -10,18 +10,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import vaekit.speed
+import vaekit.models.precision
 from conftest import make_tiny_splits, tiny_config
-from vaekit.checkpoint import resolve_pointer
 from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
-from vaekit.evaluate import EVAL_BINARIZE_SEED, evaluate_model, evaluate_run, log_likelihood_estimate, number_kind
-from vaekit.fast_modules import twin
-from vaekit.model import VAE
-from vaekit.objectives import elbo_terms
-from vaekit.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
-from vaekit.speed import CPU_PIECE_IMAGES, AutocastNetwork, autocast_networks
-from vaekit.training import train
+from vaekit.evaluation.evaluate import (
+    EVAL_BINARIZE_SEED,
+    evaluate_model,
+    evaluate_run,
+    log_likelihood_estimate,
+    number_kind,
+)
+from vaekit.evaluation.per_image import PER_IMAGE_FILE, arrays_sha256, indices_sha256, read_per_image
+from vaekit.models.fast_modules import twin
+from vaekit.models.precision import AutocastNetwork, autocast_networks
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import elbo_terms
+from vaekit.objectives.decoding import CPU_PIECE_IMAGES
+from vaekit.runs.checkpoint import resolve_pointer
+from vaekit.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +43,13 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_run):
-    from vaekit.runs import load_run
+    from vaekit.runs.run_dir import load_run
 
     return load_run(tiny_run[0]).model
 
 
 def _binary_batch(data, n=16):
-    from vaekit.batching import binarize_fixed
+    from vaekit.data.batching import binarize_fixed
 
     return binarize_fixed(data.test.images[:n], EVAL_BINARIZE_SEED)
 
@@ -112,7 +119,7 @@ def test_samples_are_batched_not_looped_per_image(tiny_model, tiny_run):
     finally:
         handle.remove()
     # 320 // 16 = 20 samples per chunk for all 16 images at once, each chunk decoded in pieces
-    # of 200 // 16 = 12 samples (speed.CPU_PIECE_IMAGES): 50 samples are 12+8, 12+8, 10.
+    # of 200 // 16 = 12 samples (decoding.CPU_PIECE_IMAGES): 50 samples are 12+8, 12+8, 10.
     assert CPU_PIECE_IMAGES == 200
     assert sorted(calls) == sorted([16 * 12, 16 * 8, 16 * 12, 16 * 8, 16 * 10])
 
@@ -222,7 +229,7 @@ def _independent_cpu_draw(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def test_the_fixed_binarisation_is_one_cpu_draw_with_the_fixed_seed():
-    from vaekit.batching import binarize_fixed
+    from vaekit.data.batching import binarize_fixed
 
     images = make_tiny_splits(60).test.images
     assert torch.equal(binarize_fixed(images, EVAL_BINARIZE_SEED), _independent_cpu_draw(images, EVAL_BINARIZE_SEED))
@@ -230,7 +237,7 @@ def test_the_fixed_binarisation_is_one_cpu_draw_with_the_fixed_seed():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_fixed_binarisation_does_not_depend_on_the_device():
-    from vaekit.batching import binarize_fixed
+    from vaekit.data.batching import binarize_fixed
 
     images = make_tiny_splits(60).test.images
     on_gpu = binarize_fixed(images.cuda(), EVAL_BINARIZE_SEED)
@@ -240,9 +247,11 @@ def test_the_fixed_binarisation_does_not_depend_on_the_device():
 
 def _record_autocast(monkeypatch) -> list[bool]:
     """The `enabled` of every autocast a network enters: what the networks would run in on a GPU."""
-    seen, real = [], vaekit.speed.network_autocast
+    seen, real = [], vaekit.models.precision.network_autocast
     monkeypatch.setattr(
-        vaekit.speed, "network_autocast", lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1]
+        vaekit.models.precision,
+        "network_autocast",
+        lambda device, enabled=True: (seen.append(enabled), real(device, enabled))[1],
     )
     return seen
 
@@ -263,7 +272,7 @@ def _plain_networks(model) -> None:
 
 
 def test_validation_runs_the_networks_in_fp32_and_restores_autocast(tiny_model, tiny_run, monkeypatch):
-    from vaekit.bounds import bound_means
+    from vaekit.training.validation import bound_means
 
     images = tiny_run[1].val.images
     fp32 = bound_means(tiny_model, images, 16, True, 1234)

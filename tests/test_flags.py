@@ -5,11 +5,11 @@ import dataclasses
 
 import pytest
 
-from vaekit.cli import build_parser
+from vaekit.cli.flags import add_config_flags, config_from_args, given_settings, sections
+from vaekit.cli.main import build_parser
 from vaekit.config import RunConfig
+from vaekit.config.settings import flag_name, has_flag
 from vaekit.errors import VaekitError
-from vaekit.flags import add_config_flags, config_from_args, given_settings, sections
-from vaekit.settings import flag_name, has_flag
 
 
 def settings_parser() -> argparse.ArgumentParser:

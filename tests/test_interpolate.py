@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_splits, tiny_config
-from vaekit.interpolate import _pick_pairs, interpolate_run, lerp, slerp
-from vaekit.training import train
+from vaekit.report.interpolate import _pick_pairs, interpolate_run, lerp, slerp
+from vaekit.training.loop import train
 
 
 def test_lerp_and_slerp_start_and_end_at_the_codes():

@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import distributions as D
 
-from vaekit import registry
-from vaekit.config import ModelConfig
-from vaekit.discretised_logistic import DiscretisedLogisticHead, DiscretisedLogisticMixtureImage, log_sigmoid_difference
-from vaekit.likelihoods import (
+from vaekit.config import ModelConfig, registry
+from vaekit.distributions.discretised_logistic import (
+    DiscretisedLogisticHead,
+    DiscretisedLogisticMixtureImage,
+    log_sigmoid_difference,
+)
+from vaekit.distributions.likelihoods import (
     GAUSSIAN_LOGVAR_MIN,
     BernoulliHead,
     ContinuousBernoulliHead,

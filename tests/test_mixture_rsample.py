@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vaekit.distributions import MixtureOfGaussians
+from vaekit.distributions.mixture import MixtureOfGaussians
 
 GROUPS, PER_GROUP = 100, 1000  # 10^5 draws, split into groups to estimate the standard error
 # Component means drawn with this spread against scales of 0.4-1.4 overlap. The logits' transport
@@ -153,7 +153,7 @@ def test_the_readme_example_fits_a_two_component_mixture() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("```python\nimport torch\nfrom vaekit.distributions import MixtureOfGaussians")
+    start = readme.index("```python\nimport torch\nfrom vaekit.distributions.mixture import MixtureOfGaussians")
     code = readme[start + len("```python\n") : readme.index("```", start + 10)]
     torch.manual_seed(0)
     scope: dict = {}

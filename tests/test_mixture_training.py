@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from conftest import make_tiny_splits, tiny_config
-from vaekit.batching import binarize_fixed
 from vaekit.config import RunConfig
-from vaekit.distributions import MixtureOfGaussians
+from vaekit.data.batching import binarize_fixed
+from vaekit.distributions.mixture import MixtureOfGaussians
 from vaekit.errors import VaekitError
-from vaekit.model import VAE
-from vaekit.objectives import elbo_terms, training_loss
-from vaekit.runs import load_run, read_metrics
-from vaekit.training import VALIDATION_SEED, train
-from vaekit.usage import USAGE_COLUMNS, component_usage, posterior_weights
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import elbo_terms, training_loss
+from vaekit.objectives.usage import USAGE_COLUMNS, component_usage, posterior_weights
+from vaekit.runs.run_dir import load_run, read_metrics
+from vaekit.training.loop import VALIDATION_SEED, train
 
 
 def test_usage_reads_one_hot_and_spread_weights() -> None:

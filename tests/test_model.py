@@ -6,9 +6,9 @@ import torch
 from conftest import tiny_config
 from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
-from vaekit.model import VAE
-from vaekit.networks import block_widths
-from vaekit.objectives import elbo_terms, iwae_terms
+from vaekit.models.networks import block_widths
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import elbo_terms, iwae_terms
 
 
 @pytest.mark.parametrize("components", [1, 5])

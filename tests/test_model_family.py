@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-import vaekit.training as train_module
+import vaekit.training.loop as train_module
 from conftest import make_tiny_splits, tiny_config
-from vaekit import registry
-from vaekit.cli import build_parser
+from vaekit.cli.flags import config_from_args
+from vaekit.cli.main import build_parser
+from vaekit.config import registry
 from vaekit.errors import VaekitError
-from vaekit.flags import config_from_args
-from vaekit.runs import load_run
-from vaekit.training import train
+from vaekit.runs.run_dir import load_run
+from vaekit.training.loop import train
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +154,7 @@ def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
     config = tiny_config(
         data__train_subset=32, train__batch_size=8, train__epochs=2, train__lr_schedule="cosine", train__lr_warmup=2
     )
-    from vaekit.checkpoint import load_checkpoint
+    from vaekit.runs.checkpoint import load_checkpoint
 
     straight_dir = train(config, out=tmp_path / "straight", data=splits, progress=False)
     optimizer = load_checkpoint(straight_dir, "latest", with_training=True).training["optimizer"]

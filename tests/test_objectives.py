@@ -8,8 +8,8 @@ from torch import distributions as D
 
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
-from vaekit.model import VAE
-from vaekit.objectives import Terms, elbo_terms, iwae_terms, training_loss
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import Terms, elbo_terms, iwae_terms, training_loss
 
 
 def _model(components: int = 1, prior: str = "normal", dtype: torch.dtype = torch.float64) -> VAE:
@@ -171,9 +171,9 @@ def test_a_run_saves_its_kl_warmup_as_a_number_and_a_saved_null_keeps_the_two_ep
 
 
 def test_the_kl_weight_rises_step_by_step_and_the_metrics_name_each_epochs_objective(tmp_path, monkeypatch):
-    import vaekit.training as train_module
+    import vaekit.training.loop as train_module
     from conftest import make_tiny_splits, tiny_config
-    from vaekit.runs import read_metrics
+    from vaekit.runs.run_dir import read_metrics
 
     monkeypatch.setattr(train_module, "refresh_pictures", lambda *args, **kwargs: None)
     seen = []

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-import vaekit.training as train_module
+import vaekit.training.loop as train_module
 from conftest import make_tiny_splits, tiny_config
-from vaekit.checkpoint import load_checkpoint
 from vaekit.errors import VaekitError
-from vaekit.step import make_optimizer
-from vaekit.training import train
+from vaekit.runs.checkpoint import load_checkpoint
+from vaekit.training.loop import train
+from vaekit.training.step import make_optimizer
 
 
 @pytest.fixture(autouse=True)

@@ -15,16 +15,16 @@ from torch import nn
 import vaekit
 from conftest import make_tiny_splits, tiny_config
 from vaekit.config import RunConfig
+from vaekit.distributions.likelihoods import make_likelihood
+from vaekit.distributions.priors import make_prior
 from vaekit.errors import VaekitError
-from vaekit.evaluate import evaluate_model, evaluate_run
-from vaekit.likelihoods import make_likelihood
-from vaekit.model import VAE, decoder_channels
-from vaekit.networks import ConvDecoder, ConvEncoder
-from vaekit.pictures import ensure_pictures
-from vaekit.priors import make_prior
-from vaekit.report import write_report
-from vaekit.runs import load_run
-from vaekit.speed import inference_model
+from vaekit.evaluation.evaluate import evaluate_model, evaluate_run
+from vaekit.models.networks import ConvDecoder, ConvEncoder
+from vaekit.models.speed import inference_model
+from vaekit.models.vae import VAE, decoder_channels
+from vaekit.report.page import write_report
+from vaekit.report.pictures import ensure_pictures
+from vaekit.runs.run_dir import load_run, read_metrics
 
 # Three channels and grey levels: a channels_last batch (binarising happens to return a
 # contiguous one) cannot be .view()ed, so the encoder below would fail on one.
@@ -138,7 +138,7 @@ def test_trained_run_records_its_networks_and_reloads_to_the_same_outputs(traine
     assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items()), (
         "training did not change the weights"
     )
-    assert len(vaekit.runs.read_metrics(run_dir)) == 2
+    assert len(vaekit.runs.run_dir.read_metrics(run_dir)) == 2
 
     run = load_run(run_dir, "latest", **networks(config))  # latest: the weights the model ended with
     assert isinstance(run.model.encoder, MLPEncoder) and isinstance(run.model.decoder, MLPDecoder)
@@ -166,7 +166,7 @@ def test_loading_without_the_networks_is_one_line_that_says_what_to_pass(trained
     message = str(info.value)
     assert len(message.splitlines()) == 1
     assert "encoder MLPEncoder" in message and "decoder MLPDecoder" in message and "encoder=..., decoder=..." in message
-    from vaekit.cli import main
+    from vaekit.cli.main import main
 
     assert main(["sample", str(run_dir)]) == 2
     err = capsys.readouterr().err
@@ -288,3 +288,40 @@ def test_the_readme_example_trains_and_reloads_its_own_networks(monkeypatch, tmp
     assert scope["images"].shape == (16, 1, 28, 28)
     assert isinstance(scope["run"].model.encoder, scope["Encoder"])
     assert json.loads((tmp_path / "runs/mlp/config.json").read_text())["model"]["custom_decoder"] == "Sequential"
+
+
+class LazyEncoder(nn.Module):
+    """The common PyTorch idiom: input sizes left to nn.LazyLinear and nn.LazyBatchNorm1d."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.k, self.d = config.components, config.latent_size
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.LazyLinear(32), nn.LazyBatchNorm1d(), nn.ReLU(), nn.LazyLinear(self.k * (2 * self.d + 1))
+        )
+
+    def forward(self, x: torch.Tensor):
+        out = self.net(x)
+        kd = self.k * self.d
+        return out[:, :kd].view(-1, self.k, self.d), out[:, kd : 2 * kd].view(-1, self.k, self.d), out[:, 2 * kd :]
+
+
+def test_lazy_modules_train_resume_reload_and_sample(data, tmp_path) -> None:
+    config = own_config()
+    config.train.epochs = 1
+    torch.manual_seed(0)
+    model = VAE(config.model, encoder=LazyEncoder(config.model), decoder=MLPDecoder(config.model))
+    run_dir = vaekit.train(config, model=model, out=tmp_path / "run", data=data, progress=False)
+    assert not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
+    # The dry run that sizes the lazy layers leaves BatchNorm's statistics to the real batches.
+    steps = int(read_metrics(Path(run_dir))[-1]["step"])
+    assert steps > 0 and int(model.encoder.net[2].num_batches_tracked) == steps
+    trained_weights = model.state_dict()
+    loaded = load_run(run_dir, "latest", encoder=LazyEncoder(config.model), decoder=MLPDecoder(config.model)).model
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained_weights.items())
+    assert loaded.sample(3).shape == (3, CHANNELS, 28, 28)
+    config = RunConfig.load(Path(run_dir) / "config.json")
+    config.train.epochs = 2
+    fresh = VAE(config.model, encoder=LazyEncoder(config.model), decoder=MLPDecoder(config.model))
+    vaekit.train(config, model=fresh, resume=run_dir, data=data, progress=False)
+    assert [row["epoch"] for row in read_metrics(Path(run_dir))] == ["1", "2"]

@@ -1,4 +1,4 @@
-"""Tests of vaekit.image_grids and vaekit.plots: grid geometry, PCA, and that every plot writes a real PNG."""
+"""Tests of vaekit.report.image_grids and vaekit.report.plots: grid geometry, PCA, and that every plot writes a PNG."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit import image_grids, plots
 from vaekit.atomic import atomic_write
+from vaekit.report import image_grids, plots
 
 
 def _png_ok(path) -> Image.Image:
@@ -260,7 +260,7 @@ def test_import_is_light():
     import sys
 
     code = (
-        "import sys, vaekit.image_grids, vaekit.plots, vaekit.report, vaekit.report_facts; "
+        "import sys, vaekit.report.image_grids, vaekit.report.plots, vaekit.report.page, vaekit.report.facts; "
         "heavy = [m for m in ('matplotlib', 'PIL') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

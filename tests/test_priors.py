@@ -4,11 +4,10 @@ import pytest
 import torch
 from torch import distributions as D
 
-from vaekit import registry
-from vaekit.config import ModelConfig
-from vaekit.distributions import MixtureOfGaussians
-from vaekit.model import VAE
-from vaekit.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior, make_prior
+from vaekit.config import ModelConfig, registry
+from vaekit.distributions.mixture import MixtureOfGaussians
+from vaekit.distributions.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior, make_prior
+from vaekit.models.vae import VAE
 
 
 def _reference_mixture(loc, scale, logits) -> D.MixtureSameFamily:

@@ -12,19 +12,18 @@ from torch import distributions as D
 from torch import nn
 
 import vaekit
-import vaekit.training as train_module
+import vaekit.training.loop as train_module
 from conftest import make_tiny_splits, tiny_config
-from vaekit import registry
-from vaekit.cli import build_parser
-from vaekit.config import ModelConfig
-from vaekit.distributions import MixtureOfGaussians
+from vaekit.cli.main import build_parser
+from vaekit.config import ModelConfig, registry
+from vaekit.config.registry import register_likelihood, register_prior
+from vaekit.distributions.kl import closed_form_kl, register_closed_form_kl
+from vaekit.distributions.likelihoods import ImageDistribution
+from vaekit.distributions.mixture import MixtureOfGaussians
 from vaekit.errors import VaekitError
-from vaekit.evaluate import evaluate_model, number_kind
-from vaekit.kl import closed_form_kl, register_closed_form_kl
-from vaekit.likelihoods import ImageDistribution
-from vaekit.model import VAE
-from vaekit.objectives import elbo_terms
-from vaekit.registry import register_likelihood, register_prior
+from vaekit.evaluation.evaluate import evaluate_model, number_kind
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import elbo_terms
 
 
 class LaplaceImage(ImageDistribution):

@@ -1,4 +1,4 @@
-"""Tests of vaekit.report: a self-contained page, checked as text and in headless Chromium."""
+"""Tests of vaekit.report.page: a self-contained page, checked as text and in headless Chromium."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vaekit import image_grids, plots
 from vaekit.errors import VaekitError
-from vaekit.report import PICTURES, write_report
+from vaekit.report import image_grids, plots
+from vaekit.report.page import PICTURES, write_report
 
 METRICS_CSV = """\
 epoch,train_elbo,train_recon,train_kl,val_elbo,val_recon,val_kl,seconds,images_per_s

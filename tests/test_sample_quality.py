@@ -9,11 +9,16 @@ import scipy.linalg
 import torch
 
 from conftest import make_tiny_splits
-from vaekit.classifier import ClassifierSpec, cache_path, data_pixels, get_classifier
 from vaekit.config import ModelConfig
-from vaekit.evaluate import sample_quality
-from vaekit.model import VAE
-from vaekit.sample_quality import frechet_distance, frechet_distance_features, gaussian_stats, precision_recall
+from vaekit.evaluation.classifier import ClassifierSpec, cache_path, data_pixels, get_classifier
+from vaekit.evaluation.evaluate import sample_quality
+from vaekit.evaluation.sample_quality import (
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_stats,
+    precision_recall,
+)
+from vaekit.models.vae import VAE
 
 TINY = ClassifierSpec(width=4, features=16, epochs=3, batch_size=32, lr=5e-3)
 

@@ -9,25 +9,17 @@ import torch
 from torch import nn
 
 from conftest import make_tiny_splits, tiny_config
-from vaekit.batching import binarize_fixed
 from vaekit.config import ModelConfig, RunConfig
+from vaekit.data.batching import binarize_fixed
 from vaekit.errors import VaekitError
-from vaekit.evaluate import evaluate_model
-from vaekit.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
-from vaekit.model import VAE
-from vaekit.networks import ConvDecoder, ConvEncoder
-from vaekit.objectives import training_loss
-from vaekit.speed import (
-    AutocastNetwork,
-    autocast_networks,
-    decoded_log_prob,
-    fast_networks,
-    fold_batchnorm,
-    full_precision,
-    inference_model,
-    network_autocast,
-    training_networks,
-)
+from vaekit.evaluation.evaluate import evaluate_model
+from vaekit.models.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
+from vaekit.models.networks import ConvDecoder, ConvEncoder
+from vaekit.models.precision import AutocastNetwork, autocast_networks, full_precision, network_autocast
+from vaekit.models.speed import fast_networks, fold_batchnorm, inference_model, training_networks
+from vaekit.models.vae import VAE
+from vaekit.objectives.bounds import training_loss
+from vaekit.objectives.decoding import decoded_log_prob
 
 
 def _model(components: int = 1, latent: int = 8, blocks: str = "plain") -> VAE:
@@ -156,14 +148,14 @@ def threads():
 
 @pytest.mark.parametrize("piece_images", [1, 3, 8, 1000])
 def test_decoding_in_pieces_gives_the_one_call_log_prob(piece_images, threads, monkeypatch):
-    import vaekit.speed as speed
+    import vaekit.objectives.decoding as decoding
 
     model = inference_model(_model(components=2))
     x = torch.bernoulli(torch.rand(4, 1, 32, 32))
     z = torch.randn(5, 4, 8)  # 5 samples of 4 images: pieces of 1 or 2 samples, or all 5 at once
     with torch.no_grad():
         expected = model.decode(z).log_prob(model.crop(x)).double()  # (5, 4), one call
-    monkeypatch.setattr(speed, "CPU_PIECE_IMAGES", piece_images)
+    monkeypatch.setattr(decoding, "CPU_PIECE_IMAGES", piece_images)
     per_thread_count = []
     for count in (1, 2, 3):
         threads(count)
@@ -178,9 +170,9 @@ def test_decoding_in_pieces_gives_the_one_call_log_prob(piece_images, threads, m
 
 
 def test_decoding_in_pieces_keeps_no_graph_when_the_caller_tracks_gradients(threads, monkeypatch):
-    import vaekit.speed as speed
+    import vaekit.objectives.decoding as decoding
 
-    monkeypatch.setattr(speed, "CPU_PIECE_IMAGES", 2)
+    monkeypatch.setattr(decoding, "CPU_PIECE_IMAGES", 2)
     threads(2)
     model = _model().eval()
     got = decoded_log_prob(model, torch.randn(3, 2, 8), model.crop(torch.bernoulli(torch.rand(2, 1, 32, 32))))
@@ -263,7 +255,7 @@ def test_full_precision_takes_autocast_off_for_the_block_only():
 
 
 def test_training_runs_the_fast_twins(tmp_path, monkeypatch):
-    import vaekit.training as train_module
+    import vaekit.training.loop as train_module
     from conftest import tiny_config
 
     monkeypatch.setattr(train_module, "refresh_pictures", lambda *args, **kwargs: None)

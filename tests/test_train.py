@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_splits, tiny_config
-from vaekit.runs import load_run, read_metrics
-from vaekit.training import train
+from vaekit.runs.run_dir import load_run, read_metrics
+from vaekit.training.loop import train
 
 
 def _weights(run_dir, which="latest"):
@@ -41,7 +41,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     loaded = load_run(run_dir, which="latest").model
     x = data.test.images[:6].float() / 255
     # A fresh model with the same config and the saved tensors must agree exactly.
-    from vaekit.model import VAE
+    from vaekit.models.vae import VAE
 
     again = VAE(loaded.config)
     again.load_state_dict(_weights(run_dir))
@@ -56,7 +56,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 def test_pictures_are_drawn_at_most_every_few_seconds_and_always_after_the_last_epoch(
     tmp_path, monkeypatch, every_s, drawn_after
 ):
-    import vaekit.training as train_module
+    import vaekit.training.loop as train_module
 
     drawn = []
     monkeypatch.setattr(train_module, "PICTURES_EVERY_S", every_s)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import blob_images
-from vaekit.cli import main
+from vaekit.cli.main import main
 from vaekit.config import RunConfig
 from vaekit.data import load_dataset
 from vaekit.errors import VaekitError

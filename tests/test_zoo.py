@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import vaekit.shipped as shipped
-import vaekit.training as train_module
+import vaekit.runs.shipped as shipped
+import vaekit.training.loop as train_module
 from conftest import make_tiny_splits, tiny_config
-from vaekit.checkpoint import resolve_pointer
-from vaekit.cli import main
-from vaekit.compare import compare_runs, load_evaluated_run
+from vaekit.cli.main import main
 from vaekit.errors import VaekitError
-from vaekit.evaluate import evaluate_run
-from vaekit.per_image import PER_IMAGE_FILE
-from vaekit.runs import load_run
-from vaekit.training import train
+from vaekit.evaluation.compare import compare_runs, load_evaluated_run
+from vaekit.evaluation.evaluate import evaluate_run
+from vaekit.evaluation.per_image import PER_IMAGE_FILE
+from vaekit.runs.checkpoint import resolve_pointer
+from vaekit.runs.run_dir import load_run
+from vaekit.training.loop import train
 
 REAL_ZOO = shipped.zoo_names()
 EVAL = dict(samples=20, test_subset=12, batch_size=6, quality=False, progress=False, seed=3)
