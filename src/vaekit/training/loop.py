@@ -320,22 +320,9 @@ def _open_run(
     state = restore_training(run_dir, trainer, device) if resuming else _start(config, run_dir, ctx)
     if ctx.enabled:
         trainer.net = data_parallel(trainer.model, device)
-    log = WeightHashLog(ctx.rank)
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
-    run = Run(
-        config,
-        run_dir,
-        data,
-        images.to(device),
-        data.val.images.to(device),
-        trainer,
-        state,
-        device,
-        memory_format(t, trainer.model),
-        log,
-        tb,
-    )
-    return run
+    x_train, x_val, fmt = images.to(device), data.val.images.to(device), memory_format(t, trainer.model)
+    return Run(config, run_dir, data, x_train, x_val, trainer, state, device, fmt, WeightHashLog(ctx.rank), tb)
 
 
 def _check_batch_size(batch_size: int, images: int, ctx: DistContext) -> None:
