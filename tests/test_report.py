@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vaekit
 from vaekit.errors import VaekitError
 from vaekit.report import image_grids, plots
 from vaekit.report.page import PICTURES, write_report
@@ -34,7 +35,7 @@ EVALUATION = {
 }
 
 #: pictures the fake run has; the other two in PICTURES are "not generated"
-MADE = ["loss_curves.png", "samples.png", "reconstructions.png", "latent_scatter.png"]
+MADE = ["samples.png", "loss_curves.png", "reconstructions.png", "latent_scatter.png"]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,24 @@ def test_content_sections_and_escaping(page):
             assert f"{heading} ({name}): not generated" in page
 
 
+def test_the_page_opens_on_the_test_nll_then_the_pictures_and_folds_the_configuration(tmp_path):
+    shipped = Path(vaekit.__file__).parent / "zoo" / "fashion-mnist"
+    (tmp_path / "config.json").write_text((shipped / "config.json").read_text())
+    (tmp_path / "evaluation.json").write_text((shipped / "evaluation.json").read_text())
+    image_grids.save_image_grid(torch.rand(4, 1, 12, 12), tmp_path / "samples.png")
+    page = write_report(tmp_path).read_text()
+    order = [
+        page.index(s) for s in ("<h2>Test NLL</h2>", "<h3>Samples</h3>", "<h2>Metrics</h2>", "<h2>Configuration</h2>")
+    ]
+    assert order == sorted(order)
+    nll = json.loads((shipped / "evaluation.json").read_text())["test"]["nll"]
+    headline = page[order[0] : order[1]]
+    assert f"test NLL {nll['mean']:.2f} ± {nll['stderr']:.2f} nats on 10000 test images of fashion-mnist" in headline
+    assert "S=1000 importance samples" in headline and "binarised with seed 20190101" in headline
+    configuration = page[order[3] :]
+    assert configuration.index("<details>") < configuration.index("<th>model.latent_size</th>")
+
+
 def test_missing_config_is_a_one_line_error(tmp_path):
     with pytest.raises(VaekitError) as exc:
         write_report(tmp_path)
@@ -136,6 +155,7 @@ def test_minimal_run_and_loss_style_elbo(tmp_path):
     out = write_report(tmp_path)
     text = out.read_text()
     assert "metrics.csv not found" in text and "evaluation.json not found" in text
+    assert f"vaekit evaluate {tmp_path} --test-subset 1000 --nll-samples 100" in text  # how to get the number
     assert "<img" not in text
     # a run that logs the negative ELBO (elbo = recon + kl): lowest is best
     (tmp_path / "metrics.csv").write_text("epoch,val_elbo,val_recon,val_kl\n1,110,90,20\n2,100,85,15\n3,105,88,17\n")

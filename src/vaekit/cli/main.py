@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> int:
         device=args.device,
     )
     if args.headline:
-        from vaekit.evaluation.compare import headline
+        from vaekit.report.facts import headline
 
         print(headline(result))
     else:

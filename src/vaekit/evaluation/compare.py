@@ -17,6 +17,7 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 from vaekit.evaluation.per_image import PER_IMAGE_FILE, read_per_image
+from vaekit.report.facts import protocol_text
 from vaekit.runs.shipped import run_path
 
 EVALUATION = "evaluation.json"
@@ -160,23 +161,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     }
 
 
-def protocol_text(settings: dict[str, Any]) -> str:
-    """Which test images, binarised how, how many importance samples: what an NLL needs beside it."""
-    binarised = f"binarised with seed {settings['binarize_seed']}" if settings["binarized"] else "grey levels"
-    return f"{settings['test_selection']}; {binarised}; S={settings['nll_samples']} importance samples"
 
 
-def headline(evaluation: dict[str, Any]) -> str:
-    """One line for a newcomer: the test NLL of an `evaluate_run` result and its protocol."""
-    s, test = evaluation["settings"], evaluation["test"]
-    kind = "NLL" if test.get("bits_per_dim") is not None else "negative log-density"
-    line = (
-        f"test {kind} {test['nll']['mean']:.2f} ± {test['nll']['stderr']:.2f} nats on {s['test_images']} test images "
-        f"of {s['dataset']} ({protocol_text(s)})"
-    )
-    if s["dataset"] == "fashion-mnist" and s["binarized"]:
-        line += "; papers score all 10000 at S=5000 (a VAE with a N(0, I) prior: 228.70)"
-    return line
 
 
 def format_comparison(result: dict[str, Any]) -> str:

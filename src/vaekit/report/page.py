@@ -1,7 +1,9 @@
 """A self-contained HTML report of one run directory.
 
-``write_report(RUN)`` writes ``RUN/report.html``: configuration, metrics (last and best
-validation epoch), evaluation results and the run's pictures, all in one file.  Images
+``write_report(RUN)`` writes ``RUN/report.html``. It opens on what a reader came for: the
+test NLL with its protocol (or the command that would make one), then the samples and the
+loss curves with the other pictures, the metrics (last and best validation epoch), the full
+evaluation record, and the configuration folded at the end, all in one file.  Images
 are embedded as ``data:image/png;base64`` URIs, CSS is inline, and the page contains no
 scripts and no network references; a Content-Security-Policy meta tag makes the browser
 refuse anything else.  What the page says is read by :mod:`vaekit.report.facts`.
@@ -21,6 +23,7 @@ from vaekit.atomic import atomic_write
 from vaekit.errors import VaekitError
 from vaekit.report.facts import (
     best_row,
+    headline,
     parse_cell,
     png_size,
     read_json,
@@ -33,12 +36,12 @@ __all__ = ["write_report", "PICTURES"]
 
 #: (file name, heading, caption) of the pictures a report shows, in order.
 PICTURES: tuple[tuple[str, str, str], ...] = (
+    ("samples.png", "Samples", "Images decoded from latent codes drawn from the prior."),
     (
         "loss_curves.png",
         "Loss curves",
         "ELBO, reconstruction term and KL divergence per epoch, training (solid) and validation (dashed), in nats.",
     ),
-    ("samples.png", "Samples", "Images decoded from latent codes drawn from the prior."),
     (
         "reconstructions.png",
         "Reconstructions",
@@ -94,6 +97,8 @@ figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
 figure img.pixel { image-rendering: pixelated; }
 figcaption { color: #3d4456; font-size: 0.9rem; margin-top: 8px; }
 ul.missing { color: #5a6275; }
+p.headline { font-size: 1.15rem; background: #fff; border: 1px solid #d7dbe2; padding: 10px 14px; }
+details > summary { cursor: pointer; color: #3d4456; margin: 0.3em 0; }
 """
 
 
@@ -254,6 +259,22 @@ def _pictures_section(run: Path) -> str:
     return "\n".join(parts)
 
 
+def _headline_section(run: Path, evaluation: Any) -> str:
+    """The test NLL and its protocol, or the commands that would measure it."""
+    if isinstance(evaluation, dict):
+        try:
+            return f'<p class="headline">{_e(headline(evaluation))}</p>'
+        except (KeyError, TypeError):
+            return '<p class="note">evaluation.json holds no test NLL; run <code>vaekit evaluate</code> again.</p>'
+    where = _e(run)
+    return (
+        '<p class="note">Not evaluated yet. '
+        f"<code>vaekit evaluate {where}</code> scores every test image with S=1,000 importance samples "
+        f"(the literature's protocol); <code>vaekit evaluate {where} --test-subset 1000 --nll-samples 100</code> "
+        "gives a quick estimate. Then <code>vaekit report</code> again.</p>"
+    )
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -276,15 +297,14 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     else:
         config_html = f"<pre>{_e(json.dumps(config, indent=2, ensure_ascii=False))}</pre>"
 
-    eval_path = run / "evaluation.json"
-    if eval_path.is_file():
-        evaluation = read_json(eval_path)
-        if isinstance(evaluation, dict):
-            eval_html = _kv_table(without_absent_numbers(evaluation))
-        else:
-            eval_html = f"<pre>{_e(json.dumps(evaluation, indent=2, ensure_ascii=False))}</pre>"
+    evaluation = read_json(run / "evaluation.json") if (run / "evaluation.json").is_file() else None
+    if isinstance(evaluation, dict):
+        eval_html = _kv_table(without_absent_numbers(evaluation))
+    elif evaluation is not None:
+        eval_html = f"<pre>{_e(json.dumps(evaluation, indent=2, ensure_ascii=False))}</pre>"
     else:
-        eval_html = '<p class="note">evaluation.json not found: run <code>vaekit evaluate</code>.</p>'
+        eval_html = '<p class="note">evaluation.json not found: no evaluation yet.</p>'
+    settings = len(_flatten(config)) if isinstance(config, dict) else 0
 
     page = f"""<!DOCTYPE html>
 <html lang="en">
@@ -299,14 +319,18 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 <main>
 <h1>vaekit report: {_e(name)}</h1>
 <p class="sub">Run directory <code>{_e(run.resolve())}</code></p>
-<h2>Configuration</h2>
-{config_html}
+<h2>Test NLL</h2>
+{_headline_section(run, evaluation)}
+<h2>Pictures</h2>
+{_pictures_section(run)}
 <h2>Metrics</h2>
 {_metrics_section(run)}
 <h2>Evaluation</h2>
 {eval_html}
-<h2>Pictures</h2>
-{_pictures_section(run)}
+<h2>Configuration</h2>
+<details><summary>{settings} settings from config.json</summary>
+{config_html}
+</details>
 </main>
 </body>
 </html>
