@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vaekit.errors import VaekitError
 
-ZOO_DIR = Path(__file__).parent / "zoo"
+ZOO_DIR = Path(__file__).parent.parent / "zoo"  # vaekit/zoo
 ZOO_PREFIX = "zoo:"
 CONFIG = "config.json"  # a run folder's settings file, here because this module needs no torch
 
