@@ -8,7 +8,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_EPOCHS ?= 8
 DEMO_OUT ?= runs/demo
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test docs bench clean
 
 $(BIN)/vaekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/vaekit: pyproject.toml
 	elif $(BIN)/pip download -q --no-deps --no-index -d "$$(mktemp -d)" "torch==$(TORCH_VERSION)" >/dev/null 2>&1; then \
 	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
 	else $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); fi
-	$(BIN)/pip install -q -e ".[test,digits]"
+	$(BIN)/pip install -q -e ".[test,digits,docs]"
 	@touch $@
 
 install: $(BIN)/vaekit
@@ -39,6 +39,10 @@ test: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# The HTML reference of the public API (pdoc) and the user guide, offline, into build/docs.
+docs: install
+	$(BIN)/python scripts/build_docs.py build/docs
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py

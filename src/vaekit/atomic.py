@@ -30,10 +30,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Writes `data` to `path` atomically (see `atomic_write`); returns the path."""
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Writes `text`, UTF-8 encoded, to `path` atomically (see `atomic_write`); returns the path."""
     return atomic_write_bytes(path, text.encode())
 
 

@@ -31,6 +31,7 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    """`vaekit train`: trains a new run from the flags, or continues `--resume RUN`; prints the run directory."""
     from vaekit.config import RunConfig
     from vaekit.runs.run_dir import CONFIG
     from vaekit.training.loop import train
@@ -57,6 +58,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    """`vaekit sample`: draws `-n` images from the run's prior into a grid PNG and prints its path."""
     import torch
 
     from vaekit.devices import resolve_device
@@ -75,6 +77,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    """`vaekit reconstruct`: saves the first `-n` test images beside their reconstructions; prints the PNG's path."""
     from vaekit.devices import resolve_device
     from vaekit.report.image_grids import save_reconstructions
     from vaekit.runs.run_dir import load_run, load_run_data
@@ -93,6 +96,7 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """`vaekit evaluate`: scores the run on the test set (`evaluate_run`); prints a JSON summary or `--headline`."""
     from vaekit.evaluation.classifier import ClassifierSpec
     from vaekit.evaluation.evaluate import evaluate_run
 
@@ -144,6 +148,7 @@ def _evaluation_summary(result: dict) -> dict:
 
 
 def cmd_compare(args) -> int:
+    """`vaekit compare`: prints the paired comparison of evaluated runs and writes it to `--json` if given."""
     from vaekit.atomic import atomic_write_text
     from vaekit.evaluation.compare import compare_runs, format_comparison
 
@@ -160,6 +165,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
+    """`vaekit interpolate`: writes strips decoded between posterior means of test images; prints the path."""
     from vaekit.report.interpolate import interpolate_run
 
     print(interpolate_run(args.run, args.out, pairs=args.pairs, steps=args.steps, seed=args.seed))
@@ -167,6 +173,7 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """`vaekit report`: makes the run's missing pictures, writes RUN/report.html and prints its path."""
     from vaekit.report.page import write_report
     from vaekit.report.pictures import ensure_pictures
     from vaekit.runs.shipped import is_shipped, run_path
@@ -264,6 +271,7 @@ def _add_device_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `vaekit` argument parser with every sub-command and its flags."""
     parser = _Parser(prog="vaekit", description="Variational autoencoders with a mixture-of-Gaussians posterior.")
     from vaekit._version import __version__
 
@@ -307,6 +315,11 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `vaekit` command line on `argv` (default `sys.argv[1:]`) and returns the exit status.
+
+    A `VaekitError` or a file-system error is printed as one line and returns 2; an interrupted training
+    returns its own exit code; Ctrl-C returns 130.
+    """
     from vaekit.training.stops import TrainingInterrupted
 
     try:

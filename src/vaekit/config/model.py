@@ -78,10 +78,12 @@ class ModelConfig:
 
     @property
     def custom_networks(self) -> bool:
+        """Whether the run has a user's own encoder or decoder instead of the built-in networks."""
         return self.custom_encoder is not None or self.custom_decoder is not None
 
     @property
     def padded_size(self) -> int:
+        """The network's input size for this image size (`padded_size`): 32 for 28-pixel data."""
         return padded_size(self.image_size)
 
     def validate(self) -> ModelConfig:

@@ -97,10 +97,12 @@ def priors() -> dict[str, PriorSpec]:
 
 
 def likelihood(name: str) -> LikelihoodSpec:
+    """The registered likelihood `name`; raises ValueError listing the choices if there is none."""
     return _lookup(likelihoods(), name, "likelihood")
 
 
 def prior(name: str) -> PriorSpec:
+    """The registered prior `name`; raises ValueError listing the choices if there is none."""
     return _lookup(priors(), name, "prior")
 
 

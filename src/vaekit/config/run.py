@@ -64,16 +64,23 @@ class RunConfig:
         return None if self.data.dataset in FIXED_SIZE_DATASETS else self.model.image_size
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as nested plain dicts, one per section, plus the version."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """The settings as indented JSON with sorted keys, as a run directory's config.json holds them."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
+        """Writes the settings' JSON to `path` atomically."""
         atomic_write_text(Path(path), self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> RunConfig:
+        """The config a dict (a parsed config.json) describes, read strictly: an unknown key or a wrong
+        type raises VaekitError naming it and `where`. Settings older files left out take the value they
+        were trained with (`ABSENT_MEANS`), and a stored `kl_warmup` of null the legacy default.
+        """
         if isinstance(data, dict):
             data = dict(data)
             for section, absent in ABSENT_MEANS.items():

@@ -20,6 +20,7 @@ def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 
 def batch_count(n: int, batch_size: int) -> int:
+    """How many batches of `batch_size` an epoch over `n` images has, a partial last one included."""
     # A last batch of one image is dropped: BatchNorm cannot train on it.
     return n // batch_size + (1 if n % batch_size >= 2 else 0)
 
@@ -35,6 +36,7 @@ def make_batch(
     binarize: bool,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
+    """The images at `index` as floats in [0, 1], binarised by a fresh Bernoulli draw if `binarize`."""
     x = to_float(images[index], memory_format)
     # Dynamic binarisation: a fresh draw per batch, from the global generator so resume replays it.
     return torch.bernoulli(x) if binarize else x

@@ -52,6 +52,10 @@ def _fit_square(im, size: int):
 def load_folder(
     path: str, image_size: int | None, channels: int | None, seed: int, val_size: int | None = None
 ) -> DatasetSplits:
+    """The splits of a folder of PNG/JPEG images (`folder:PATH`): one sub-folder per class, or images
+    at the top without labels. Each image is scaled and centre-cropped to `image_size`; `channels`
+    None means grey when every image is grey, else RGB. Unreadable files are skipped with a warning.
+    """
     from PIL import Image
 
     root = Path(os.path.expanduser(path))
@@ -172,6 +176,10 @@ def _to_nchw(arr: np.ndarray, path: str) -> np.ndarray:
 def load_npz(
     path: str, image_size: int | None, channels: int | None, seed: int, val_size: int | None = None
 ) -> DatasetSplits:
+    """The splits of an .npz file (`npz:PATH`): an `images` (or `x`, `x_train`, ...) array, uint8 or
+    floats in [0, 1], shaped (N,H,W), (N,H,W,C) or (N,C,H,W), and optional integer `labels`
+    (or `y`, ...). The images are resized to `image_size` and converted to `channels`.
+    """
     p = Path(os.path.expanduser(path))
     if not path or not p.is_file():
         raise VaekitError(f"npz file {path!r} does not exist; pass an existing .npz file as npz:PATH")

@@ -42,6 +42,11 @@ class ImageSet:
 
 @dataclass
 class DatasetSplits:
+    """A data set split three ways (train, validation, test), with what a run records about it: the
+    image size before and after padding, the channels, the class names (None without labels), a
+    checksum of the source files and where they came from.
+    """
+
     name: str
     train: ImageSet
     val: ImageSet
@@ -55,6 +60,7 @@ class DatasetSplits:
 
 
 def check_image_size(image_size: int | None, default: int = 32) -> int:
+    """`image_size` (None: `default`) as an int; raises VaekitError unless it is one of `IMAGE_SIZES`."""
     size = default if image_size is None else int(image_size)
     if size not in IMAGE_SIZES:
         raise VaekitError(
@@ -65,6 +71,7 @@ def check_image_size(image_size: int | None, default: int = 32) -> int:
 
 
 def check_channels(channels: int | None) -> None:
+    """Raises VaekitError unless `channels` is None (the data's own), 1 (grey) or 3 (RGB)."""
     if channels is not None and channels not in (1, 3):
         raise VaekitError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
 

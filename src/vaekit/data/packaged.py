@@ -18,6 +18,9 @@ from .splits import make_splits, split_off_validation
 
 
 def load_digits(image_size: int | None, channels: int | None, seed: int, val_size: int | None = None) -> DatasetSplits:
+    """The splits of scikit-learn's 8x8 digits (1,797 images, 0..16 grey levels), scaled to `image_size`
+    and 0..255; needs scikit-learn (the `digits` extra).
+    """
     check_channels(channels)
     size = check_image_size(image_size)
     try:
@@ -55,6 +58,9 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 def load_cifar10(
     data_dir: str | None, image_size: int | None, channels: int | None, download: bool, val_size: int | None = None
 ) -> DatasetSplits:
+    """The splits of CIFAR-10 through torchvision, from `data_dir` or vaekit's cache (downloaded there if
+    `download`): the last 5,000 (or `val_size`) training images are the validation set.
+    """
     check_channels(channels)
     size = check_image_size(image_size)
     try:

@@ -165,6 +165,10 @@ def load_idx_dataset(
     download: bool = True,
     val_size: int | None = None,
 ) -> DatasetSplits:
+    """The splits of an IDX data set (`IDX_DATASETS`: 28x28 grey images, labels 0..9), found in
+    `data_dir`, $VAEKIT_DATA, the system data folders or vaekit's cache, else downloaded if `download`;
+    the images are zero-padded to 32 and the last training images held out for validation.
+    """
     spec = IDX_DATASETS[name]
     check_val_size(val_size)
     if image_size not in (None, 28, 32):

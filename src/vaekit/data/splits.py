@@ -12,6 +12,7 @@ from .images import DatasetSplits, ImageSet, pad_images
 
 
 def check_val_size(val_size: int | None) -> None:
+    """Raises VaekitError unless `val_size` is None (the data set's default) or a positive int."""
     if val_size is not None and (type(val_size) is not int or val_size <= 0):
         raise VaekitError(f"--val-size must be a positive integer, got {val_size}")
 

@@ -75,6 +75,7 @@ class DiscretisedLogisticMixtureImage(ImageDistribution):
         return torch.logsumexp(torch.log_softmax(self.logits, -4) + log_p, -4)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(x) summed over each image's pixels: (*batch) for x (*batch, C, H, W) on the 1/255 grid."""
         return sum_pixels(self.level_log_prob(self._checked(x)))
 
     @property
@@ -120,13 +121,18 @@ class DiscretisedLogisticHead(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "DiscretisedLogisticHead":
+        """The head for `config`'s channels and `logistic_mixtures` components."""
         return cls(config.channels, config.logistic_mixtures)
 
     @property
     def param_channels(self) -> int:
+        """Decoder output channels this head needs: 3 * L per image channel."""
         return 3 * self.mixtures * self.channels
 
     def forward(self, params: torch.Tensor) -> DiscretisedLogisticMixtureImage:
+        """The `DiscretisedLogisticMixtureImage` the decoder's output `params` (*batch, 3*L*C, H, W) describe:
+        logits, locations (shifted to start at 0.5) and log-scales (floored).
+        """
         *batch, _, h, w = params.shape
         p = params.reshape(*batch, 3, self.mixtures, self.channels, h, w)  # (..., 3, L, C, H, W)
         logits, loc, log_scale = p.unbind(-5)

@@ -65,33 +65,41 @@ class BernoulliImage(ImageDistribution):
         super().__init__(logits, validate_args)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) summed over each image's pixels: (*batch) for x (*batch, C, H, W), leading dims broadcast."""
         # x * l - softplus(l) is -BCE-with-logits, written so x broadcasts over extra batch dims.
         return sum_pixels(self._checked(x) * self.logits - F.softplus(self.logits))
 
     @property
     def mean(self) -> torch.Tensor:
+        """The pixel probabilities sigmoid(logits), images in [0, 1]."""
         return torch.sigmoid(self.logits)
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        """Binary images drawn pixel by pixel, (*sample_shape, *batch, C, H, W); no gradient."""
         with torch.no_grad():
             return torch.bernoulli(self.mean.expand(self._sample_shape(sample_shape)))
 
 
 @register_likelihood("bernoulli", discrete=True, data="binary", title="Bernoulli", help="pixels in {0, 1}; the default")
 class BernoulliHead(nn.Module):
+    """The "bernoulli" likelihood: the decoder's `channels` logits per pixel as a `BernoulliImage`."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "BernoulliHead":
+        """The head for `config`'s number of channels."""
         return cls(config.channels)
 
     @property
     def param_channels(self) -> int:
+        """Decoder output channels this head needs: one logit per image channel."""
         return self.channels
 
     def forward(self, params: torch.Tensor) -> BernoulliImage:
+        """The `BernoulliImage` with the decoder's output `params` (*batch, C, H, W) as logits."""
         return BernoulliImage(params, validate_args=False)
 
 
@@ -142,14 +150,17 @@ class ContinuousBernoulliImage(ImageDistribution):
         super().__init__(logits, validate_args)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x), the normalising constant included, summed over each image's pixels: (*batch)."""
         logits = self.logits
         return sum_pixels(self._checked(x) * logits - F.softplus(logits) + continuous_bernoulli_log_norm(logits))
 
     @property
     def mean(self) -> torch.Tensor:
+        """The distribution's mean per pixel (not lambda = sigmoid(logits)), in [0, 1]."""
         return continuous_bernoulli_mean(self.logits).clamp(0.0, 1.0)
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        """Grey-level images drawn pixel by pixel, clamped to [0, 1]; no gradient."""
         with torch.no_grad():
             return torch.distributions.ContinuousBernoulli(logits=self.logits).sample(sample_shape).clamp(0.0, 1.0)
 
@@ -162,19 +173,24 @@ class ContinuousBernoulliImage(ImageDistribution):
     help="a density on grey levels in [0, 1]",
 )
 class ContinuousBernoulliHead(nn.Module):
+    """The "continuous-bernoulli" likelihood: the decoder's logits as a `ContinuousBernoulliImage`."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "ContinuousBernoulliHead":
+        """The head for `config`'s number of channels."""
         return cls(config.channels)
 
     @property
     def param_channels(self) -> int:
+        """Decoder output channels this head needs: one logit per image channel."""
         return self.channels
 
     def forward(self, params: torch.Tensor) -> ContinuousBernoulliImage:
+        """The `ContinuousBernoulliImage` with the decoder's output `params` as logits."""
         return ContinuousBernoulliImage(params, validate_args=False)
 
 
@@ -212,19 +228,23 @@ class GaussianImage(ImageDistribution):
 
     @property
     def loc(self) -> torch.Tensor:
+        """The Gaussians' means, sigmoid(logits), in [0, 1]."""
         return torch.sigmoid(self.logits)
 
     @property
     def scale(self) -> torch.Tensor:
+        """The standard deviations exp(logvar / 2), broadcastable to the means."""
         return torch.exp(0.5 * self.logvar)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The Gaussian log-density of x summed over each image's pixels: (*batch)."""
         return sum_pixels(
             -0.5 * ((self._checked(x) - self.loc).pow(2) * torch.exp(-self.logvar) + self.logvar + LOG_2PI)
         )
 
     @property
     def mean(self) -> torch.Tensor:
+        """The means `loc`, images in [0, 1]."""
         return self.loc  # a sigmoid: already in [0, 1]
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
@@ -256,13 +276,16 @@ class GaussianHead(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "GaussianHead":
+        """The head for `config`'s channels, image size and `gaussian_variance` ("pixel" or "global")."""
         return cls(config.channels, config.image_size, config.gaussian_variance)
 
     @property
     def param_channels(self) -> int:
+        """Decoder output channels this head needs: one mean logit per image channel."""
         return self.channels
 
     def forward(self, params: torch.Tensor) -> GaussianImage:
+        """The `GaussianImage` with `params` as mean logits and this head's soft-floored log-variance."""
         return GaussianImage(params, soft_floor(self.logvar, GAUSSIAN_LOGVAR_MIN), validate_args=False)
 
 

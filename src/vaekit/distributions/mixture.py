@@ -62,11 +62,13 @@ class MixtureOfGaussians(Distribution):
     def from_logvar(
         cls, loc: torch.Tensor, logvar: torch.Tensor, logits: torch.Tensor, validate_args: bool | None = None
     ) -> "MixtureOfGaussians":
+        """The mixture with scale = exp(logvar / 2): what an encoder that outputs log-variances gives."""
         # One exponentiation, of half the log-variance: this is the standard deviation
         # (the notebook exponentiated once and used the result as both variance and sd).
         return cls(loc, torch.exp(0.5 * logvar), logits, validate_args=validate_args)
 
     def expand(self, batch_shape: torch.Size | tuple, _instance=None) -> "MixtureOfGaussians":
+        """The same mixture with its parameters expanded (no copy) to `batch_shape`."""
         batch_shape = torch.Size(batch_shape)
         k, d = self.loc.shape[-2:]
         return MixtureOfGaussians(
@@ -78,22 +80,27 @@ class MixtureOfGaussians(Distribution):
 
     @property
     def components(self) -> int:
+        """K, the number of mixture components."""
         return self.loc.shape[-2]
 
     @property
     def weights(self) -> torch.Tensor:
+        """The mixture weights softmax(logits): (*batch, K)."""
         return torch.softmax(self.logits, dim=-1)
 
     @property
     def log_weights(self) -> torch.Tensor:
+        """The log mixture weights log_softmax(logits): (*batch, K)."""
         return torch.log_softmax(self.logits, dim=-1)
 
     @property
     def mean(self) -> torch.Tensor:
+        """The mixture's mean, sum_k w_k loc_k: (*batch, D)."""
         return (self.weights.unsqueeze(-1) * self.loc).sum(-2)
 
     @property
     def variance(self) -> torch.Tensor:
+        """The mixture's per-dimension variance, the spread between components included: (*batch, D)."""
         second = (self.weights.unsqueeze(-1) * (self.loc.pow(2) + self.scale.pow(2))).sum(-2)
         return second - self.mean.pow(2)
 
@@ -174,6 +181,7 @@ class MixtureOfGaussians(Distribution):
         return torch.logsumexp(self.log_weights + self.component_log_prob(value), dim=-1)
 
     def entropy_of_weights(self) -> torch.Tensor:
+        """The entropy of the mixture weights, -sum_k w_k log w_k: (*batch); 0 when one component has it all."""
         return -(self.weights * self.log_weights).sum(-1)
 
 

@@ -47,18 +47,22 @@ class StandardNormalDistribution(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
+        """Zeros (D,)."""
         return torch.zeros(self.event_shape, device=self.device, dtype=self.dtype)
 
     @property
     def variance(self) -> torch.Tensor:
+        """Ones (D,)."""
         return torch.ones(self.event_shape, device=self.device, dtype=self.dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I) summed over the D dimensions: (*batch) for z (*batch, D)."""
         if self._validate_args:
             self._validate_sample(z)
         return standard_normal_log_prob(z)
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        """Standard normal draws (*sample_shape, D) on this distribution's device and dtype."""
         return torch.randn(self._extended_shape(sample_shape), device=self.device, dtype=self.dtype)
 
 
@@ -72,6 +76,8 @@ def _one_gaussian_to_standard_normal(q: MixtureOfGaussians, p: StandardNormalDis
 
 @register_prior("normal", help="N(0, I)")
 class StandardNormalPrior(nn.Module):
+    """The "normal" prior: its call is N(0, I) over the latent space, on the module's device."""
+
     def __init__(self, latent_size: int) -> None:
         super().__init__()
         self.latent_size = latent_size
@@ -79,9 +85,11 @@ class StandardNormalPrior(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "StandardNormalPrior":
+        """The prior for `config`'s latent size."""
         return cls(config.latent_size)
 
     def forward(self, encode: Callable | None = None) -> StandardNormalDistribution:
+        """The `StandardNormalDistribution`; `encode` is accepted and unused, as every prior's call takes it."""
         return StandardNormalDistribution(
             self.latent_size, self._anchor.device, self._anchor.dtype, validate_args=False
         )
@@ -102,9 +110,11 @@ class MixtureOfGaussiansPrior(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "MixtureOfGaussiansPrior":
+        """The prior with `config.prior_components` components over `config`'s latent size."""
         return cls(config.latent_size, config.prior_components)
 
     def forward(self, encode: Callable | None = None) -> MixtureOfGaussians:
+        """The mixture with the current parameters; `encode` is accepted and unused."""
         return MixtureOfGaussians(self.loc, self.log_scale.exp(), self.logits, validate_args=False)
 
 
@@ -157,6 +167,9 @@ class VampPrior(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "VampPrior":
+        """The prior with `config.prior_components` pseudo-inputs of the network's input size,
+        framed as zero-padded data is.
+        """
         size = config.padded_size
         # Real data of 28 pixels sits in a zero frame of the 32-pixel input; so do the pseudo-inputs.
         return cls(config.latent_size, config.prior_components, config.channels, size, (size - config.image_size) // 2)
@@ -166,6 +179,9 @@ class VampPrior(nn.Module):
         return torch.sigmoid(self.pseudo_logits) * self.frame
 
     def forward(self, encode: Callable[[torch.Tensor], MixtureOfGaussians]) -> MixtureOfGaussians:
+        """The mixture of M*K Gaussians: each pseudo-input's posterior under `encode` (the model's encoder),
+        its components weighted w_k(u_m) / M. BatchNorm layers of the encoder use running statistics.
+        """
         if encode is None:
             raise ValueError("the VampPrior needs the encoder: call model.prior(), not prior_net()")
         # A bound method such as model.encode carries its module; a plain function gets no

@@ -68,14 +68,18 @@ class FeatureClassifier(nn.Module):
         self.head = nn.Linear(features, classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate (ReLU) features (N, features) of images (N, C, H, W) in [0, 1]."""
         return self.body(x)  # (N, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, classes) of images (N, C, H, W) in [0, 1]."""
         return self.head(self.body(x))
 
 
 @dataclass
 class TrainedClassifier:
+    """A feature classifier ready for sample-quality numbers, with its test accuracy and where it is cached."""
+
     net: FeatureClassifier
     accuracy: float  # on the test split, measured when it was trained
     path: Path
@@ -91,6 +95,9 @@ class TrainedClassifier:
         )
 
     def describe(self) -> dict:
+        """What evaluation.json records about the classifier: its file, test accuracy, feature size,
+        spec and whether it came from the cache.
+        """
         return {
             "path": str(self.path),
             "test_accuracy": self.accuracy,
@@ -108,6 +115,7 @@ def data_pixels(images: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def cache_path(checksum: str, spec: ClassifierSpec) -> Path:
+    """The classifier's file in vaekit's cache for a data set's `checksum` and `spec`."""
     safe = "".join(c for c in checksum if c.isalnum() or c in "-_.") or "unnamed"
     return cache_dir("classifiers") / f"{safe}{spec.tag()}.safetensors"
 
@@ -200,6 +208,7 @@ def _fit(
 
 @torch.no_grad()
 def accuracy_on(net: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """The fraction of images `x` that `net` (put in eval mode) assigns their labels `y`."""
     net.eval()
     correct = sum(
         int((net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(x), batch_size)

@@ -33,6 +33,10 @@ PROTOCOL = (
 
 @dataclass
 class EvaluatedRun:
+    """An evaluated run as a comparison reads it: its folder, evaluation.json's settings, and the
+    per-image NLLs (nats) with the test images' positions they belong to.
+    """
+
     path: Path
     settings: dict[str, Any]  # evaluation.json's
     index: np.ndarray  # the test images' positions in the test split
@@ -159,10 +163,6 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
         },
         "runs": rows,
     }
-
-
-
-
 
 
 def format_comparison(result: dict[str, Any]) -> str:

@@ -33,6 +33,9 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         )
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        """The transposed convolution of x, as a matrix product where `applies_to` allows it (no
+        `output_size`), else the ordinary ConvTranspose2d; the output keeps the input's memory layout.
+        """
         one_by_one_input, one_by_one_kernel = x.shape[-2:] == (1, 1), self.kernel_size == (1, 1)
         if output_size is not None or x.dim() != 4 or not (one_by_one_input or one_by_one_kernel):
             return super().forward(x, output_size)
@@ -54,6 +57,7 @@ class FusedHeadsConvEncoder(ConvEncoder):
     """ConvEncoder whose three 2x2 heads on the 2x2 feature map run as one GEMM."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same (loc, logvar, logits) as `ConvEncoder.forward`, the three heads computed as one GEMM."""
         h = self.body(x)  # (B, width, 2, 2)
         heads = (self.loc_head, self.logvar_head, self.logits_head)
         weight = torch.cat([head.weight.flatten(1) for head in heads])  # (2KD + K, width*2*2)

@@ -22,6 +22,7 @@ class Gate(nn.Module):
     backward hands BatchNorm a gradient in another memory layout: 3.6x slower on channels_last."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """a * sigmoid(b), where a and b are the first and second halves of h's channels."""
         a, b = h.chunk(2, dim=1)
         return a * torch.sigmoid(b)
 
@@ -65,6 +66,9 @@ class ConvEncoder(nn.Module):
         self.logits_head = nn.Conv2d(widths[-1], components, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The posterior's parameters for images x (B, C, S, S): means and log-variances (B, K, D) and
+        mixture logits (B, K).
+        """
         h = self.body(x)  # (B, width, 2, 2)
         shape = (x.shape[0], self.components, self.latent_size)
         loc = self.loc_head(h).reshape(shape)  # (B, KD, 1, 1) -> (B, K, D)
@@ -86,4 +90,7 @@ class ConvDecoder(nn.Module):
         self.head = nn.ConvTranspose2d(widths[-1], out_channels, 1, 1, 0)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's raw parameters (N, out_channels, S, S) for latents z (N, D), logits rather than
+        probabilities.
+        """
         return self.head(self.body(z[:, :, None, None]))  # (N, D) -> (N, D, 1, 1) -> (N, C', S, S)

@@ -25,6 +25,7 @@ class AutocastNetwork(nn.Module):
     plain_class: type[nn.Module]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The network's own forward under bf16 autocast, its tensor outputs returned in fp32."""
         with network_autocast(x.device):
             out = super().forward(x, *args, **kwargs)
         return to_full_precision(*out) if isinstance(out, (tuple, list)) else to_full_precision(out)[0]
@@ -34,6 +35,7 @@ _AUTOCAST_CLASSES: dict[type, type] = {}
 
 
 def autocast_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """The autocast subclass of `cls` (`AutocastNetwork` mixed in), made once per class and reused."""
     if cls not in _AUTOCAST_CLASSES:
         _AUTOCAST_CLASSES[cls] = type(f"Autocast{cls.__name__}", (AutocastNetwork, cls), {"plain_class": cls})
     return _AUTOCAST_CLASSES[cls]
@@ -50,10 +52,12 @@ def autocast_networks(model: nn.Module) -> nn.Module:
 
 
 def plain_type(network: nn.Module) -> type:
+    """The network's class without the autocast wrapper: `type(network)` for a plain one."""
     return network.plain_class if isinstance(network, AutocastNetwork) else type(network)
 
 
 def without_autocast(network: nn.Module) -> nn.Module:
+    """The network without autocast: a plain twin sharing its parameters, or `network` itself if plain."""
     return twin(network, network.plain_class) if isinstance(network, AutocastNetwork) else network
 
 

@@ -16,6 +16,10 @@ from vaekit.objectives.decoding import decoded_log_prob
 
 @dataclass
 class Terms:
+    """A bound on log p(x) per image and its parts: the reconstruction term and the KL (and the KL
+    per latent dimension where it has a closed form).
+    """
+
     elbo: torch.Tensor  # (B,) the bound on log p(x)
     recon: torch.Tensor  # (B,) E_q[log p(x|z)]
     kl: torch.Tensor  # (B,) E_q[log q(z|x) - log p(z)]

@@ -32,6 +32,10 @@ POINTERS = ("latest", "best")
 
 @dataclass
 class Checkpoint:
+    """One checkpoint folder read back: the model's tensors, its state.json, the training state
+    (when asked for) and the folder's path.
+    """
+
     model: dict[str, torch.Tensor]
     state: dict[str, Any]  # JSON: epoch, step, position, metrics, version
     training: dict[str, Any] | None  # optimizer state and RNG states, when asked for
@@ -87,6 +91,9 @@ def _remove_unreferenced(root: Path) -> None:
 
 
 def resolve_pointer(root: Path, pointer: str) -> Path:
+    """The checkpoint folder that the pointer file `root/pointer` ("latest" or "best") names;
+    raises VaekitError if the pointer is missing or does not name a `step-N` folder.
+    """
     try:
         name = (root / pointer).read_text().strip()
     except OSError:
@@ -99,10 +106,14 @@ def resolve_pointer(root: Path, pointer: str) -> Path:
 
 
 def has_checkpoint(run_dir: Path, pointer: str = "latest") -> bool:
+    """Whether the run directory has the checkpoint `pointer` ("latest" or "best")."""
     return (Path(run_dir) / "checkpoints" / pointer).is_file()
 
 
 def load_checkpoint(run_dir: Path, pointer: str = "latest", with_training: bool = False) -> Checkpoint:
+    """The checkpoint `pointer` of a run directory: its weights, its state.json and, with
+    `with_training`, the optimizer and train state; raises VaekitError on a missing or damaged file.
+    """
     folder = resolve_pointer(Path(run_dir) / "checkpoints", pointer)
     weights = folder / "model.safetensors"
     try:

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from vaekit.atomic import atomic_write_text
-from vaekit.runs.checkpoint import check_state_dict, has_checkpoint, load_checkpoint
 from vaekit.config import RunConfig
 from vaekit.data import DatasetSplits, load_dataset
 from vaekit.errors import VaekitError
 from vaekit.models.vae import VAE, check_networks_given
-from vaekit.runs.shipped import CONFIG, run_path
 from vaekit.objectives.usage import USAGE_COLUMNS
+from vaekit.runs.checkpoint import check_state_dict, has_checkpoint, load_checkpoint
+from vaekit.runs.shipped import CONFIG, run_path
 
 METRICS = "metrics.csv"
 METRIC_COLUMNS = [
@@ -40,11 +40,16 @@ METRIC_COLUMNS = [
 
 
 def default_run_dir() -> Path:
+    """runs/YYYYmmdd-HHMMSS at the current time: where `vaekit train` writes without `--out`."""
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 @dataclass
 class LoadedRun:
+    """What `load_run` returns: the run's folder, its config, the model (in eval mode), the
+    checkpoint's state.json and which checkpoint the weights came from.
+    """
+
     path: Path
     config: RunConfig
     model: VAE
@@ -53,6 +58,9 @@ class LoadedRun:
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
+    """The folder of `run_dir` ("zoo:NAME" included); raises VaekitError unless it is a run
+    directory with a config.json and at least one checkpoint.
+    """
     run_dir = run_path(run_dir)
     if not run_dir.is_dir():
         raise VaekitError(f"run directory {run_dir} does not exist; pass the folder `vaekit train --out` wrote")
@@ -103,6 +111,7 @@ def load_run_data(config: RunConfig) -> DatasetSplits:
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Writes `rows` (one dict per epoch) to the run's metrics.csv atomically, floats to 6 digits."""
     buffer = io.StringIO()
     usage = [c for c in USAGE_COLUMNS if any(c in row for row in rows)]  # runs with K > 1
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + usage, extrasaction="ignore")
@@ -113,6 +122,7 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of the run's metrics.csv as dicts of strings; [] when there is none yet."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []

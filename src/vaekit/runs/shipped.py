@@ -35,6 +35,7 @@ def run_path(run: str | Path) -> Path:
 
 
 def is_shipped(path: str | Path) -> bool:
+    """Whether `path` is one of the shipped models' folders under vaekit/zoo."""
     return Path(path).resolve().parent == ZOO_DIR.resolve()
 
 

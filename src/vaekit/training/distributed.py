@@ -16,24 +16,32 @@ WEIGHT_HASH_ENV = "VAEKIT_DEBUG_WEIGHT_HASH_FILE"
 
 @dataclass
 class DistContext:
+    """This process's place among the training processes: its rank, their number and its GPU index on
+    the machine; one process (rank 0 of 1) when not launched by torchrun. The collectives are no-ops then.
+    """
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
+        """Whether there are several processes (the collectives do something)."""
         return self.world_size > 1
 
     @property
     def is_master(self) -> bool:
+        """Whether this is rank 0, the process that writes files and prints."""
         return self.rank == 0
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over every rank, in place; returns it."""
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor`'s elementwise maximum over every rank, in place; returns it."""
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor
@@ -68,6 +76,7 @@ class DistContext:
         return gathered
 
     def barrier(self) -> None:
+        """Waits until every rank has reached this call."""
         if self.enabled:
             dist.barrier()
 

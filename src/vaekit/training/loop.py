@@ -118,10 +118,12 @@ class Run:
 
     @property
     def settings(self) -> TrainConfig:
+        """The training section of the run's config."""
         return self.config.train
 
     @property
     def local_batch(self) -> int:
+        """This process's share of the batch: the batch size over the number of processes."""
         return self.settings.batch_size // self.trainer.ctx.world_size
 
 
@@ -136,6 +138,7 @@ class Epoch:
     started: float  # perf_counter() when it started, less the time it ran before a resume
 
     def seconds(self) -> float:
+        """Seconds the epoch has run, the part before a resume included."""
         return time.perf_counter() - self.started
 
 

@@ -29,11 +29,16 @@ class EpochSums:
     images: float = 0.0
 
     def mean(self, name: str) -> float:
+        """The per-image mean of the sum `name` ("elbo", "recon", "kl" or "loss")."""
         return getattr(self, name) / self.images
 
 
 @dataclass
 class TrainState:
+    """Where training stands: epochs and steps done, the position in the current epoch, the best
+    validation ELBO and the metrics history; saved in every checkpoint's state.json.
+    """
+
     epoch: int = 0  # epochs finished
     step: int = 0  # optimizer steps taken
     position: int = 0  # batches of the current epoch done
@@ -44,9 +49,11 @@ class TrainState:
 
     @staticmethod
     def keys() -> list[str]:
+        """The names of the state's fields, every one of which a checkpoint's state.json holds."""
         return [f.name for f in dataclasses.fields(TrainState)]
 
     def to_json(self) -> dict[str, Any]:
+        """The state as a JSON-ready dict, `sums` as a list in field order."""
         state = {name: getattr(self, name) for name in self.keys()}
         state["sums"] = list(dataclasses.astuple(self.sums)) if self.sums is not None else None  # in field order
         return state
@@ -67,6 +74,7 @@ class RunningSums:
 
     @torch.no_grad()
     def add(self, terms: Terms, loss: torch.Tensor, images: int) -> None:
+        """Adds a step's sums (the ELBO's terms over its images and its mean `loss` times `images`) on the device."""
         count = torch.tensor(float(images), device=self.total.device)
         step = torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss.detach() * images, count])
         self.total += step.to(torch.float64)

@@ -26,6 +26,11 @@ from vaekit.training.stops import non_finite_flags
 
 @dataclass
 class Trainer:
+    """What an optimizer step needs: the model, the module the step calls (the model, or it wrapped in
+    DistributedDataParallel), the optimizer, the training settings, the process context and the
+    weights' moving average when `--ema` keeps one.
+    """
+
     model: VAE
     net: Callable[..., Terms]  # the model, or the model through DistributedDataParallel
     optimizer: torch.optim.Optimizer
@@ -41,6 +46,10 @@ class Trainer:
 
 @dataclass
 class StepOutput:
+    """One step's result, left on the device: the bound's terms, the loss, and which of the
+    reconstruction, KL or gradient was not finite (`bad`).
+    """
+
     terms: Terms
     loss: torch.Tensor
     bad: torch.Tensor  # (3,) on the device: 1 where the reconstruction, KL or gradient was not finite on a rank
@@ -141,6 +150,7 @@ def ema_decay(decay: float, updates: int) -> float:
 
 
 def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's (every device's) random generators with `seed`."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -156,6 +166,9 @@ def make_optimizer(model: torch.nn.Module, lr: float, name: str = "adam") -> tor
 
 
 def memory_format(t: TrainConfig, model: VAE) -> torch.memory_format:
+    """The memory format of training batches: channels_last where the settings ask for it and the
+    networks are the built-in ones, NCHW for a user's own.
+    """
     # channels_last was measured for the conv networks; a user's networks get plain NCHW
     # batches, which a module that .view()s its input needs.
     return torch.channels_last if t.channels_last and not model.custom_networks else torch.contiguous_format

@@ -36,6 +36,8 @@ class TrainingInterrupted(Exception):
 
 
 class Stop(enum.Enum):
+    """Why training stopped before its last epoch: a signal (SIGINT/SIGTERM) or the time budget."""
+
     SIGNAL = "signal"
     BUDGET = "budget"
 
@@ -75,12 +77,18 @@ class StepChecks:
         self.anomaly: str | None = None  # what --detect-anomaly named (host side: it came from an exception)
 
     def record(self, step: int, bad: torch.Tensor, anomaly: str | None = None) -> None:
+        """Notes step `step`'s non-finite flags `bad` (3,) on the device, keeping the first bad step;
+        no host sync.
+        """
         self.anomaly = self.anomaly or anomaly
         first = (self.first_bad[0] < 0) & (bad.amax() > 0)
         at = torch.full((1,), float(step), dtype=torch.float64, device=bad.device)
         self.first_bad = torch.where(first, torch.cat([at, bad.double()]), self.first_bad)
 
     def settle(self, stop_flags: list[bool], ctx: DistContext) -> Settled:
+        """The one host sync: the first bad step and its terms, and `stop_flags`, each true if it is on
+        any rank.
+        """
         flags = [self.first_bad[0] >= 0, *self.first_bad[1:], *stop_flags]
         any_bad, recon, kl, _, *stops = ctx.any_of(flags, self.first_bad.device)
         return Settled(int(self.first_bad[0].item()) if any_bad else None, recon, kl, stops)
@@ -99,6 +107,7 @@ class Stops:
 
     @property
     def every(self) -> int:
+        """Steps between the host syncs that settle the checks: 1 unless on CUDA without --detect-anomaly."""
         return self.checks.every
 
     def __enter__(self) -> Stops:
@@ -109,6 +118,7 @@ class Stops:
         self.signals.__exit__()
 
     def record(self, step: int, bad: torch.Tensor, anomaly: str | None) -> None:
+        """Notes a step's non-finite flags (and the operation --detect-anomaly named) for the next `check`."""
         self.checks.record(step, bad, anomaly)
 
     def due(self, position: int, batches: int) -> bool:
@@ -127,6 +137,9 @@ class Stops:
         return Stop.SIGNAL if interrupted else Stop.BUDGET if out_of_time else None
 
     def interrupted(self, step: int) -> TrainingInterrupted:
+        """The `TrainingInterrupted` to raise after a signal: exit code 130 for SIGINT, 143 for SIGTERM,
+        with the message saying how to resume.
+        """
         code = 143 if self.signals.signum == signal.SIGTERM else 130  # 128 + the signal, as shells report it
         return TrainingInterrupted(
             code,

@@ -25,6 +25,8 @@ def _summary_writer():
 
 
 class TensorBoardLogger:
+    """Writes a run's TensorBoard events into `log_dir`; needs the tensorboard package."""
+
     def __init__(self, log_dir: str | Path) -> None:
         self.writer = _summary_writer()(log_dir=str(log_dir))
 
@@ -36,6 +38,9 @@ class TensorBoardLogger:
 
     @torch.no_grad()
     def epoch(self, epoch: int, model, data, row: dict) -> None:
+        """The epoch's validation scalars, 32 prior samples (seeded by the epoch), reconstructions of 16
+        validation images, and the posterior means of up to 500 of them as a labelled embedding.
+        """
         for name in ("val_elbo", "val_recon", "val_kl"):
             if row.get(name) is not None:
                 self.writer.add_scalar(f"val/{name[4:]}", float(row[name]), epoch)
@@ -58,6 +63,7 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def close(self) -> None:
+        """Flushes and closes the event files."""
         self.writer.close()
 
 
