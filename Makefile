@@ -38,6 +38,7 @@ demo: install data
 test: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The HTML reference of the public API (pdoc) and the user guide, offline, into build/docs.

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Calls `write(tmp)` for a temporary file next to `path`, then renames it over `path`.
 
     A reader (or a process killed at any moment) sees the old file or the new one, never a mix;

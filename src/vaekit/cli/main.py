@@ -11,14 +11,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from vaekit.cli.flags import add_config_flags, config_from_args, given_settings
 from vaekit.errors import VaekitError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + error
+    def error(self, message: str) -> NoReturn:  # one line, not usage + error
         raise VaekitError(f"{message} (see `{self.prog} --help`)")
 
 

@@ -27,7 +27,7 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = from_dict(hint, value, f"{where}.{name}")
+            values[name] = from_dict(typing.cast(type, hint), value, f"{where}.{name}")
         else:
             values[name] = _check_type(value, hint, f"{where}.{name}")
     return cls(**values)

@@ -29,7 +29,7 @@ class LikelihoodSpec:
     """A likelihood p(x|z) and the facts the rest of vaekit reads off it."""
 
     name: str
-    cls: type  # built by cls.from_config(model_config) -> nn.Module returning a distribution
+    cls: type[Any]  # built by cls.from_config(model_config) -> nn.Module returning a distribution
     # Whether log_prob is a log probability of discrete data (so -log p is an NLL in nats and
     # has a bits/dim) rather than a log density, whose value depends on the units of x.
     discrete: bool
@@ -43,7 +43,7 @@ class PriorSpec:
     """A prior p(z) and the facts the rest of vaekit reads off it."""
 
     name: str
-    cls: type  # built by cls.from_config(model_config) -> nn.Module; called with model.encode
+    cls: type[Any]  # built by cls.from_config(model_config) -> nn.Module; called with model.encode
     help: str = ""
 
 
@@ -81,7 +81,8 @@ def register_prior(name: str, *, help: str = "") -> Callable[[T], T]:
 
 def unregister(kind: str, name: str) -> None:
     """Removes a registered likelihood or prior (`kind` "likelihood" or "prior"); for tests."""
-    {"likelihood": _LIKELIHOODS, "prior": _PRIORS}[kind].pop(name, None)
+    tables: dict[str, dict[str, Any]] = {"likelihood": _LIKELIHOODS, "prior": _PRIORS}
+    tables[kind].pop(name, None)
 
 
 def likelihoods() -> dict[str, LikelihoodSpec]:

@@ -8,6 +8,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ DATASET_NAMES = ["fashion-mnist", "mnist", "digits", "cifar10", "folder:PATH", "
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 VAL_SIZE = 5000  # the last images of the training file, unless --val-size says otherwise
 
-IDX_DATASETS = {
+IDX_DATASETS: dict[str, dict[str, Any]] = {
     "fashion-mnist": {
         "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         # MD5 of the official .gz files (the Debian package recompresses them, so its copies differ).

@@ -83,7 +83,7 @@ class DiscretisedLogisticMixtureImage(ImageDistribution):
         """The mixture's mean, clamped to [0, 1] (where the edge levels collect the tails)."""
         return (torch.softmax(self.logits, -4) * self.loc).sum(-4).clamp(0.0, 1.0)
 
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """A grey level per pixel: a component, a logistic draw, rounded to the 1/255 grid."""
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.logits.shape

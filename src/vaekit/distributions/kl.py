@@ -10,19 +10,21 @@ mixture posterior with K > 1): the bounds then use a Monte Carlo estimate.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch.distributions import Distribution
 
 KLFunction = Callable[[Distribution, Distribution], "torch.Tensor | None"]
 _TABLE: dict[tuple[type, type], KLFunction] = {}
+# an entry may take its own subclasses of Distribution (q: MyPosterior, p: MyPrior)
+F = TypeVar("F", bound=Callable[..., "torch.Tensor | None"])
 
 
-def register_closed_form_kl(type_q: type, type_p: type) -> Callable[[KLFunction], KLFunction]:
+def register_closed_form_kl(type_q: type, type_p: type) -> Callable[[F], F]:
     """Decorator: `fn(q, p)` gives KL(q || p) per dimension for q of type_q and p of type_p (or subclasses)."""
 
-    def register(fn: KLFunction) -> KLFunction:
+    def register(fn: F) -> F:
         _TABLE[type_q, type_p] = fn
         return fn
 

@@ -15,6 +15,7 @@ a NaN from the networks is the training loop's to report.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class ImageDistribution(Distribution):
             self._validate_sample(x)
         return x
 
-    def _sample_shape(self, sample_shape: torch.Size | tuple) -> torch.Size:
+    def _sample_shape(self, sample_shape: torch.Size | list[int] | tuple[int, ...]) -> torch.Size:
         return torch.Size(sample_shape) + self.batch_shape + self.event_shape
 
 
@@ -74,7 +75,7 @@ class BernoulliImage(ImageDistribution):
         """The pixel probabilities sigmoid(logits), images in [0, 1]."""
         return torch.sigmoid(self.logits)
 
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Binary images drawn pixel by pixel, (*sample_shape, *batch, C, H, W); no gradient."""
         with torch.no_grad():
             return torch.bernoulli(self.mean.expand(self._sample_shape(sample_shape)))
@@ -159,7 +160,7 @@ class ContinuousBernoulliImage(ImageDistribution):
         """The distribution's mean per pixel (not lambda = sigmoid(logits)), in [0, 1]."""
         return continuous_bernoulli_mean(self.logits).clamp(0.0, 1.0)
 
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Grey-level images drawn pixel by pixel, clamped to [0, 1]; no gradient."""
         with torch.no_grad():
             return torch.distributions.ContinuousBernoulli(logits=self.logits).sample(sample_shape).clamp(0.0, 1.0)
@@ -247,7 +248,7 @@ class GaussianImage(ImageDistribution):
         """The means `loc`, images in [0, 1]."""
         return self.loc  # a sigmoid: already in [0, 1]
 
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """A draw, clamped to the [0, 1] an image can show."""
         with torch.no_grad():
             noise = torch.randn_like(self.loc.expand(self._sample_shape(sample_shape)))
@@ -289,6 +290,6 @@ class GaussianHead(nn.Module):
         return GaussianImage(params, soft_floor(self.logvar, GAUSSIAN_LOGVAR_MIN), validate_args=False)
 
 
-def make_likelihood(config: ModelConfig) -> nn.Module:
+def make_likelihood(config: ModelConfig) -> Any:
     """The head registered under config.likelihood, built from `config` (image_size is the data's cropped size)."""
     return likelihood_spec(config.likelihood).cls.from_config(config)

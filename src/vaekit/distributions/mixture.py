@@ -67,7 +67,7 @@ class MixtureOfGaussians(Distribution):
         # (the notebook exponentiated once and used the result as both variance and sd).
         return cls(loc, torch.exp(0.5 * logvar), logits, validate_args=validate_args)
 
-    def expand(self, batch_shape: torch.Size | tuple, _instance=None) -> "MixtureOfGaussians":
+    def expand(self, batch_shape: torch.Size | list[int] | tuple[int, ...], _instance=None) -> "MixtureOfGaussians":
         """The same mixture with its parameters expanded (no copy) to `batch_shape`."""
         batch_shape = torch.Size(batch_shape)
         k, d = self.loc.shape[-2:]
@@ -104,13 +104,13 @@ class MixtureOfGaussians(Distribution):
         second = (self.weights.unsqueeze(-1) * (self.loc.pow(2) + self.scale.pow(2))).sum(-2)
         return second - self.mean.pow(2)
 
-    def component_rsample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def component_rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """One reparameterised draw from every component: (*sample_shape, *batch, K, D)."""
         shape = torch.Size(sample_shape) + self.loc.shape
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + self.scale * eps
 
-    def rsample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Draws from the full mixture, (*sample_shape, *batch, D), differentiable in loc, scale
         and logits. Its value is the plain draw (index, then a Gaussian); the gradients come
         from a zero-valued term whose derivative is the transport velocity."""
@@ -163,7 +163,7 @@ class MixtureOfGaussians(Distribution):
         v_logits = (sign * torch.exp(log_gap + paths + log_pair)).sum(-2)  # (..., K, D)
         return v_loc, v_scale, v_logits
 
-    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Draws from the full mixture: (*sample_shape, *batch, D). No gradient."""
         with torch.no_grad():
             return self.rsample(sample_shape)

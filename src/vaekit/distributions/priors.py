@@ -61,7 +61,7 @@ class StandardNormalDistribution(Distribution):
             self._validate_sample(z)
         return standard_normal_log_prob(z)
 
-    def rsample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Standard normal draws (*sample_shape, D) on this distribution's device and dtype."""
         return torch.randn(self._extended_shape(sample_shape), device=self.device, dtype=self.dtype)
 
@@ -77,6 +77,8 @@ def _one_gaussian_to_standard_normal(q: MixtureOfGaussians, p: StandardNormalDis
 @register_prior("normal", help="N(0, I)")
 class StandardNormalPrior(nn.Module):
     """The "normal" prior: its call is N(0, I) over the latent space, on the module's device."""
+
+    _anchor: torch.Tensor  # a buffer
 
     def __init__(self, latent_size: int) -> None:
         super().__init__()
@@ -151,6 +153,8 @@ class VampPrior(nn.Module):
     one `model.encode(u_m)` gives at evaluation time, so the prior trained is the prior sampled.
     The cost is a small train/eval mismatch early on, while the running averages settle.
     """
+
+    frame: torch.Tensor  # a buffer: 1 on the data's pixels, 0 on the zero frame around 28-pixel data
 
     def __init__(self, latent_size: int, pseudo_inputs: int, channels: int, size: int, border: int = 0) -> None:
         super().__init__()

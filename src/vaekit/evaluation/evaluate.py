@@ -131,7 +131,7 @@ def evaluate_model(
     values = {k: torch.cat(v) for k, v in per_image.items()}
     nll = -values.pop("log_px")
     kind, is_likelihood = number_kind(cfg.likelihood, binarize)
-    test = {k: _mean_and_stderr(v) for k, v in {**values, "nll": nll}.items()}
+    test: dict[str, dict[str, float] | None] = {k: _mean_and_stderr(v) for k, v in {**values, "nll": nll}.items()}
     # Bits/dim only where nll is the log-probability of discrete data; a density's value
     # depends on the units of x and is no code length.
     test["bits_per_dim"] = _mean_and_stderr(nll / (pixels * math.log(2))) if is_likelihood else None

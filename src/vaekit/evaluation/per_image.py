@@ -15,6 +15,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,11 @@ def arrays_sha256(values: PerImage) -> str:
 
 def per_image_bytes(values: PerImage) -> bytes:
     """The npz file's contents."""
-    arrays = {"index": values.index, "elbo": values.elbo, **({"nll": values.nll} if values.nll is not None else {})}
+    arrays: dict[str, Any] = {
+        "index": values.index,
+        "elbo": values.elbo,
+        **({"nll": values.nll} if values.nll is not None else {}),
+    }
     if any(a.ndim != 1 or a.shape != values.index.shape for a in arrays.values()):
         raise ValueError(
             f"per-image arrays must be 1-D and equally long, got { ({k: a.shape for k, a in arrays.items()}) }"

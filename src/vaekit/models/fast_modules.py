@@ -8,6 +8,8 @@ kernel, a 2x2 kernel on a 2x2 input) ran several times slower than the equivalen
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,7 +63,7 @@ class FusedHeadsConvEncoder(ConvEncoder):
         h = self.body(x)  # (B, width, 2, 2)
         heads = (self.loc_head, self.logvar_head, self.logits_head)
         weight = torch.cat([head.weight.flatten(1) for head in heads])  # (2KD + K, width*2*2)
-        bias = torch.cat([head.bias for head in heads])
+        bias = torch.cat([cast(torch.Tensor, head.bias) for head in heads])  # built with bias=True
         out = F.linear(h.flatten(1), weight, bias)  # (B, 2KD + K)
         kd = self.components * self.latent_size
         shape = (x.shape[0], self.components, self.latent_size)

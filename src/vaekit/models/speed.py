@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ from vaekit.models.precision import (
 )
 
 
-def fast_networks(model: nn.Module) -> nn.Module:
+def fast_networks(model: Any) -> nn.Module:
     """Swaps, in place, the built-in networks' modules for their fast twins and returns `model`.
 
     A user's own networks are left as they are. The parameters stay the same objects, so an
@@ -73,7 +74,7 @@ _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
 @torch.no_grad()
-def _fold_pair(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+def _fold_pair(conv: Any, bn: Any) -> nn.Module:
     """conv followed by bn (running statistics) as one conv with a bias."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
@@ -132,7 +133,7 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
-def crop_in_decoder(model: nn.Module) -> nn.Module:
+def crop_in_decoder(model: Any) -> nn.Module:
     """Moves the VAE's crop of the zero frame into the built-in decoder, in place, and returns
     `model`: the last transposed convolution's padding grows by the frame's width, which drops
     exactly the frame's outputs (a 16x16 -> 28x28 layer instead of 16x16 -> 32x32, 77% of its
@@ -148,7 +149,7 @@ def crop_in_decoder(model: nn.Module) -> nn.Module:
     return model
 
 
-def can_crop_in_decoder(model: nn.Module) -> bool:
+def can_crop_in_decoder(model: Any) -> bool:
     """Whether crop_in_decoder changes `model`: a frame to crop, the built-in decoder, not yet cropped."""
     if model.border == 0 or model.decoder_crops or plain_type(model.decoder) is not ConvDecoder:
         return False
@@ -190,7 +191,7 @@ def inference_model(
         crop_in_decoder(fast)
     # As in training, channels_last only for the built-in conv networks it was measured on.
     if channels_last and not getattr(model, "custom_networks", False):
-        fast = fast.to(memory_format=torch.channels_last)
+        fast = fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
     if compile:
         compile_networks(fast, mode)
     return fast

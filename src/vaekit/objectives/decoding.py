@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
-from torch import nn
 
 # Decoded images per piece in decoded_log_prob. On the 2-core CPU, 100-400 image pieces on
 # single-threaded workers ran 1.37-1.65x the rate of one 2,000-image call on both threads
@@ -24,7 +24,7 @@ def _single_thread_workers(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,), thread_name_prefix="decode")
 
 
-def decoded_log_prob(model: nn.Module, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def decoded_log_prob(model: Any, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """model.decode(z).log_prob(target) for z (S, B, D): (S, B), without gradients.
 
     On a CPU, z is decoded in pieces of about CPU_PIECE_IMAGES images (whole samples of all B

@@ -235,7 +235,9 @@ def plot_latent_scatter(
     return _save_figure(fig, path)
 
 
-def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str], rows: Sequence[dict] = ()) -> Path:
+def plot_component_usage(
+    weights: Sequence[float] | torch.Tensor | np.ndarray, path: str | os.PathLike[str], rows: Sequence[dict] = ()
+) -> Path:
     """Bar chart of the mean mixture weight of each component, entropy in the title; beside it,
     when metrics.csv ``rows`` carry the usage columns, the effective number of components per epoch.
 
@@ -254,7 +256,7 @@ def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str],
     p = w / w.sum()
     nz = p[p > 0]
     entropy = float(-(nz * np.log(nz)).sum())
-    history = [
+    history: list[tuple[float, Any, Any]] = [
         (x, _to_float(r.get("usage_entropy")), _to_float(r.get("usage_image_entropy")))
         for i, r in enumerate(rows)
         for x in [_to_float(r.get("epoch")) or float(i + 1)]
@@ -262,7 +264,7 @@ def plot_component_usage(weights: Sequence[float], path: str | os.PathLike[str],
     history = [h for h in history if h[1] is not None and h[2] is not None]
 
     fig = _new_figure((max(6.0, 0.45 * k + 2.0) + (5.0 if history else 0.0), 4.0))
-    axes = fig.subplots(1, 2 if history else 1)
+    axes: Any = fig.subplots(1, 2 if history else 1)
     ax = axes[0] if history else axes
     ax.bar(np.arange(k), w, color="tab:blue")
     ax.axhline(w.sum() / k, color="grey", linestyle="--", linewidth=1, label="uniform")

@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm import tqdm
@@ -244,7 +244,7 @@ def _end_epoch(run: Run, sums: RunningSums, seconds: float) -> None:
         ctx.sync_buffers(run.trainer.ema.module)
     # A copy, so that networks compiled for training (--compile) are not compiled again for eval
     # mode; folding its BatchNorm costs nothing (10,000 validation images took ~5 s either way).
-    evaluated = inference_model(run.trainer.evaluated)
+    evaluated = cast(VAE, inference_model(run.trainer.evaluated))
     row = _metrics_row(run, evaluated, totals, seconds)
     state.history.append(row)
     is_best = state.best_val_elbo is None or row["val_elbo"] > state.best_val_elbo

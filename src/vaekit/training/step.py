@@ -9,7 +9,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class Trainer:
     @property
     def evaluated(self) -> VAE:
         """The model validation, pictures and checkpoints' model.safetensors use: the average, if kept."""
-        return self.ema.module if self.ema is not None else self.model
+        return cast(VAE, self.ema.module) if self.ema is not None else self.model
 
 
 @dataclass
@@ -71,8 +71,8 @@ def training_step(trainer: Trainer, x: torch.Tensor, lr: float, kl_w: float) -> 
     if anomaly is not None:
         bad[2] = 1.0
     bad = trainer.ctx.all_reduce_max(bad)  # every rank skips the same steps
-    optimizer.found_inf = bad.amax()  # read by the fused Adam: 1 leaves weights and moments as they were
-    if optimizer.defaults.get("fused") or not optimizer.found_inf.item():  # unfused (Adamax): the host decides
+    optimizer.found_inf = bad.amax()  # type: ignore[attr-defined]  # read by the fused Adam: 1 leaves weights and moments as they were
+    if optimizer.defaults.get("fused") or not optimizer.found_inf.item():  # type: ignore[attr-defined]  # unfused (Adamax): the host decides
         optimizer.step()
     if trainer.ema is not None:
         trainer.ema.update_parameters(trainer.model)
@@ -113,7 +113,7 @@ def build_trainer(
     t = config.train
     seed_everything(t.seed)
     model = _model_to_train(config, given, resumed_from).to(device)
-    model = model.to(memory_format=memory_format(t, model))
+    model = model.to(memory_format=memory_format(t, model))  # type: ignore[call-overload]  # torch's stub omits it
     training_networks(model, device, t.precision)  # the fast twins; bf16 networks on a GPU if asked
     optimizer = make_optimizer(model, t.lr, t.optimizer)
     ema = moving_average(model, t.ema) if t.ema else None
@@ -132,7 +132,11 @@ def moving_average(model: VAE, decay: float) -> AveragedModel:
     min(decay, (1 + n) / (10 + n)) after n updates, so that the first weights, which a short run
     would otherwise still carry a share of at its end, are forgotten at the pace training moves."""
 
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+    def update(
+        averaged: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        current: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        _: torch.Tensor | int,
+    ) -> None:
         n = int(average.n_averaged)  # kept on the CPU: no device sync
         d = ema_decay(decay, n)
         if averaged[0].is_floating_point():
