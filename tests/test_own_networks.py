@@ -3,7 +3,6 @@ networks unchanged."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -274,20 +273,6 @@ def test_folding_leaves_what_it_cannot_fold_alone() -> None:
     x = torch.rand(6, CHANNELS, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fast.encode(x).mean, model.encode(x).mean)
-
-
-def test_the_readme_example_trains_and_reloads_its_own_networks(monkeypatch, tmp_path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    start = readme.index("```python\nimport vaekit\nfrom torch import nn")
-    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
-    # The snippet trains on Fashion-MNIST for three epochs; here the tiny generated data stands in.
-    monkeypatch.setattr(vaekit, "train", functools.partial(vaekit.train, data=make_tiny_splits(), progress=False))
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert scope["images"].shape == (16, 1, 28, 28)
-    assert isinstance(scope["run"].model.encoder, scope["Encoder"])
-    assert json.loads((tmp_path / "runs/mlp/config.json").read_text())["model"]["custom_decoder"] == "Sequential"
 
 
 class LazyEncoder(nn.Module):
