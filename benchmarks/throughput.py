@@ -4,24 +4,30 @@
     python benchmarks/throughput.py --quick         # smoke run (~1 minute)
     python benchmarks/throughput.py --repeats 5 --threads 2 --compile --device cuda
     python benchmarks/throughput.py --only "vaekit K=1" "vaekit K=5 pathwise" "vaekit K=20 pathwise"
+    python benchmarks/throughput.py --only "vaekit K=1" "vaekit K=1 bf16" "default K=1" "default K=1 bf16"
 
 Measures, with median and min/max over --repeats:
-  ceiling     fp32 matrix product through torch (GFLOP/s)
-  naive       a plain eager NCHW training loop of the same network, written below (K=1, K=5;
-              K=5 decodes each mixture component in its own decoder call, as a first attempt would)
-  vaekit      vaekit.training.loop.train itself on Fashion-MNIST (batching and binarisation included):
-              images/s from the run's metrics (each epoch after the first is one repeat);
-              K=5 and K=20 with --mixture-estimator pathwise, one decoder pass per image
+  ceiling     per precision (fp32, bf16), the faster of a 2048x2048 matrix product and a large 3x3
+              convolution through oneDNN (256 channels, 128 images of 16x16, channels_last), GFLOP/s
+  naive       a plain eager NCHW training loop of the notebook's network, written below (K=1, K=5;
+              K=5 decodes each mixture component in its own decoder call, as a first attempt would;
+              "bf16": the same step with torch.autocast around the loss)
+  vaekit      vaekit.training.loop.train itself (what `vaekit train` runs) on Fashion-MNIST, batching and
+              binarisation included: images/s from the run's metrics (each epoch after the first is one
+              repeat); "vaekit" rows train the notebook's network (plain, width 256, N(0, I) prior),
+              "default" rows today's defaults (gated width 96, the VampPrior); K=5 and K=20 with
+              --mixture-estimator pathwise; "bf16" and "compile" rows force --precision bf16 and --compile
   inference   encode+decode (posterior mean) of the plain eval model and of speed.inference_model
   nll         importance-sampled log-likelihood (evaluate.log_likelihood_estimate) in samples/s
   data        make_batch against the whole step; finite checks + grad norm against the step
 FLOPs are counted once per row with torch.utils.flop_counter.FlopCounterMode; GFLOP/s is
-FLOPs x rate and "ceiling" is that over the matmul rate. Writes benchmarks/results/throughput.json.
+FLOPs x rate, and a row's share is that over the ceiling of the precision it ran in (an fp32 matmul
+alone understates this CPU: its oneDNN convolution runs faster). Writes benchmarks/results/throughput.json.
 
 Each row runs in a fresh child process, one after another: measured all in one process,
 vaekit's K=5 epochs slowed from 152 to 90 images/s after the rows before it, while the same call
-in a fresh process held 139-157. Each child measures the matmul ceiling just before and after its
-row, and the row's share is of that ceiling: this shared VM's speed drifts by up to a third within
+in a fresh process held 139-157. Each child measures the ceilings just before and after its
+row, and the row's share is of those: this shared VM's speed drifts by up to a third within
 minutes (the parent also measures it before and after all rows, to show the drift).
 """
 
@@ -62,6 +68,8 @@ BATCH = 128
 LATENT = 32
 WIDTH = 256  # NaiveVAE's (the notebook's) channels: vaekit's rows time the same network
 SAME_NETWORK = dict(width=WIDTH, blocks="plain", prior="normal")  # as NaiveVAE, whatever the defaults
+DEFAULT_NETWORK: dict = {}  # ModelConfig's defaults: gated blocks at width 96, the VampPrior
+PRECISIONS = ("fp32", "bf16")
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -90,16 +98,41 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_ceiling(device: torch.device, repeats: int, n: int = 2048) -> dict:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_rate(device: torch.device, repeats: int, dtype: torch.dtype = torch.float32, n: int = 2048) -> list[float]:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     reps = 10 if device.type == "cpu" else 200
     for _ in range(3):
         a @ b
-    rates = []
-    for _ in range(repeats):
-        seconds = timed(lambda: [a @ b for _ in range(reps)], device)
-        rates.append(2 * n**3 * reps / seconds / 1e9)
-    return summary(rates)
+    return [2 * n**3 * reps / timed(lambda: [a @ b for _ in range(reps)], device) / 1e9 for _ in range(repeats)]
+
+
+def conv_rate(device: torch.device, repeats: int, dtype: torch.dtype = torch.float32) -> list[float]:
+    """A large 3x3 convolution (256 channels, 128 images of 16x16, channels_last): oneDNN's best case."""
+    x = torch.randn(128, 256, 16, 16, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype, memory_format=torch.channels_last)
+    flop = 2 * 256 * 256 * 9 * 128 * 16 * 16
+    reps = 2 if device.type == "cpu" else 50
+    with torch.no_grad():
+        for _ in range(2):
+            conv(x)
+        return [flop * reps / timed(lambda: [conv(x) for _ in range(reps)], device) / 1e9 for _ in range(repeats)]
+
+
+def ceilings(device: torch.device, repeats: int) -> dict:
+    """Per precision: the matmul's and the convolution's GFLOP/s, and the ceiling, the faster of the two."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        kinds = {
+            "matmul": summary(matmul_rate(device, repeats, dtype)),
+            "conv": summary(conv_rate(device, repeats, dtype)),
+        }
+        out[name] = {**kinds, "ceiling": max(kinds.values(), key=lambda s: s["median"])}
+    return out
+
+
+def merged(before: dict, after: dict) -> dict:
+    """The ceilings over a row's minutes: the values measured before and after it, together."""
+    return {p: {k: summary(before[p][k]["values"] + after[p][k]["values"]) for k in before[p]} for p in before}
 
 
 # --------------------------------------------------------------------------- the naive baseline
@@ -153,15 +186,19 @@ class NaiveVAE(nn.Module):
         return -total.mean()
 
 
-def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, device: torch.device) -> dict:
+def naive_training(
+    images: torch.Tensor, k: int, steps: int, repeats: int, device: torch.device, precision: str = "fp32"
+) -> dict:
     torch.manual_seed(0)
     model = NaiveVAE(k).to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    cast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step():
         idx = torch.randint(0, len(images), (BATCH,), device=device)
         x = torch.bernoulli(images[idx].float() / 255)
-        loss = model.loss(x)
+        with cast:
+            loss = model.loss(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -176,15 +213,29 @@ def naive_training(images: torch.Tensor, k: int, steps: int, repeats: int, devic
 
 
 def vaekit_training(
-    data, k: int, batches: int, repeats: int, device: torch.device, estimator: str = "marginal"
+    data,
+    k: int,
+    batches: int,
+    repeats: int,
+    device: torch.device,
+    estimator: str = "marginal",
+    network: dict = SAME_NETWORK,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> dict:
-    """vaekit.training.loop.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up."""
+    """vaekit.training.loop.train for 1 + repeats epochs of `batches` batches; epoch 1 is the warm-up
+    (and, with `compile`, the compiling)."""
     config = RunConfig(
-        ModelConfig(
-            latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels, **SAME_NETWORK
-        ),
+        ModelConfig(latent_size=LATENT, components=k, image_size=data.image_size, channels=data.channels, **network),
         DataConfig(dataset=data.name, train_subset=batches * BATCH),
-        TrainConfig(epochs=1 + repeats, batch_size=BATCH, device=device.type, mixture_estimator=estimator),
+        TrainConfig(
+            epochs=1 + repeats,
+            batch_size=BATCH,
+            device=device.type,
+            mixture_estimator=estimator,
+            precision=precision,
+            compile=compile,
+        ),
     )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -193,7 +244,7 @@ def vaekit_training(
         rows = read_metrics(run)
     rates = [float(r["images_per_s"]) for r in rows[1:]]
 
-    # FLOPs of one step, counted on the same calls the loop makes.
+    # FLOPs of one step, counted on the same calls the loop makes (in fp32: autocast moves no FLOPs).
     model = VAE(replace(config.model)).to(device)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     model = training_networks(model.to(memory_format=memory_format), device)
@@ -289,7 +340,11 @@ def nll(model, x: torch.Tensor, samples: int, repeats: int, device: torch.device
     fast = inference_model(model)
     out = {}
     with torch.inference_mode():
+        # On one thread: FlopCounterMode does not see the work of decoded_log_prob's worker threads.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         flops = count_flops(lambda: log_likelihood_estimate(model, x, samples)) / (len(x) * samples)
+        torch.set_num_threads(threads)
         for name, m in (("plain eval", model), ("folded+channels_last", fast)):
             log_likelihood_estimate(m, x, samples)
             rates = [
@@ -301,15 +356,21 @@ def nll(model, x: torch.Tensor, samples: int, repeats: int, device: torch.device
 
 # --------------------------------------------------------------------------- main
 
-ROWS = (
-    "naive K=1",
-    "vaekit K=1",
-    "naive K=5",
-    "vaekit K=5",
-    "vaekit K=5 pathwise",
-    "vaekit K=20 pathwise",
-    "inference",
-)
+ROWS: dict[str, dict] = {
+    "naive K=1": dict(kind="naive", k=1),
+    "naive K=1 bf16": dict(kind="naive", k=1, precision="bf16"),
+    "vaekit K=1": dict(kind="vaekit", k=1),
+    "vaekit K=1 bf16": dict(kind="vaekit", k=1, precision="bf16"),
+    "naive K=5": dict(kind="naive", k=5),
+    "vaekit K=5": dict(kind="vaekit", k=5),
+    "vaekit K=5 pathwise": dict(kind="vaekit", k=5, estimator="pathwise"),
+    "vaekit K=20 pathwise": dict(kind="vaekit", k=20, estimator="pathwise"),
+    "default K=1": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK),
+    "default K=1 bf16": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK, precision="bf16"),
+    "default K=1 compile": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK, compile=True),
+    "default K=1 bf16 compile": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK, precision="bf16", compile=True),
+    "inference": dict(kind="inference"),
+}
 
 
 def measure_row(row: str, args: argparse.Namespace) -> dict:
@@ -319,17 +380,19 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
     big = device.type == "cuda"
     steps = {1: 2, 5: 2} if args.quick else {1: 12, 5: 4}  # naive steps per repeat: about 2-4 s each
     # An epoch of a few seconds, so its first step does not dominate; pathwise rows cost about a K=1 step.
-    batches = {1: 3 if args.quick else 24, 5: 2 if args.quick else 8, "pathwise": 3 if args.quick else 24}
+    batches = {1: 3 if args.quick else 24, 5: 2 if args.quick else 8, 20: 3 if args.quick else 24}
     if big:
-        batches = {1: 50, 5: 20, "pathwise": 50}
+        batches = {1: 50, 5: 20, 20: 50}
         steps = {1: 20, 5: 20}
     data = load_dataset("fashion-mnist")
     # Small validation and test sets: the per-epoch validation and pictures stay cheap (and untimed).
     data = replace(data, val=ImageSet(data.val.images[:256]), test=ImageSet(data.test.images[:2048]))
-    # The ceiling right before and after the row: a shared machine's speed drifts by tens of
-    # percent within minutes, so each row is set against the ceiling of its own minutes.
-    before = matmul_ceiling(device, args.repeats)["values"]
-    if row == "inference":
+    # The ceilings right before and after the row: a shared machine's speed drifts by tens of
+    # percent within minutes, so each row is set against the ceilings of its own minutes.
+    before = ceilings(device, args.repeats)
+    spec = ROWS[row]
+    precision = spec.get("precision", "fp32")
+    if spec["kind"] == "inference":
         samples = 20 if args.quick else 100
         model = trained_model(data, device)
         x_eval = binarize_fixed(data.test.images[: 1024 if not big else 2048].to(device), 0)
@@ -337,17 +400,14 @@ def measure_row(row: str, args: argparse.Namespace) -> dict:
             "inference": inference(model, x_eval, args.repeats, device, args.compile),
             "nll": {**nll(model, x_eval[:256], samples, args.repeats, device), "samples": samples},
         }
+    elif spec["kind"] == "naive":
+        out = naive_training(data.train.images.to(device), spec["k"], steps[spec["k"]], args.repeats, device, precision)
     else:
-        kind, rest = row.split(" K=")
-        k, _, estimator = rest.partition(" ")
-        k = int(k)
-        if kind == "naive":
-            out = naive_training(data.train.images.to(device), k, steps[k], args.repeats, device)
-        elif estimator:
-            out = vaekit_training(data, k, batches[estimator], args.repeats, device, estimator)
-        else:
-            out = vaekit_training(data, k, batches[k], args.repeats, device)
-    out["ceiling_gflops"] = summary(before + matmul_ceiling(device, args.repeats)["values"])
+        k, estimator = spec["k"], spec.get("estimator", "marginal")
+        network, compile = spec.get("network", SAME_NETWORK), spec.get("compile", False)
+        out = vaekit_training(data, k, batches[k], args.repeats, device, estimator, network, precision, compile)
+    out["precision"] = precision
+    out["ceilings"] = merged(before, ceilings(device, args.repeats))
     if device.type == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -374,9 +434,9 @@ def main(argv=None) -> int:
         "--compile", action="store_true", help="also time torch.compile for inference (pays the compile time)"
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: measure one row, print its JSON
+    p.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)  # internal: measure one row, print its JSON
     p.add_argument(
-        "--only", nargs="+", choices=ROWS, metavar="ROW", help=f"measure only these rows, of: {', '.join(ROWS)}"
+        "--only", nargs="+", choices=list(ROWS), metavar="ROW", help=f"measure only these rows, of: {', '.join(ROWS)}"
     )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     args = p.parse_args(argv)
@@ -400,7 +460,7 @@ def main(argv=None) -> int:
             "rows": "each in its own child process, one after another",
         }
     }
-    results["ceiling_gflops"] = matmul_ceiling(device, args.repeats)
+    results["ceilings"] = ceilings(device, args.repeats)
     results["training"] = {}
     peak_cuda = []
     for row in args.only or ROWS:
@@ -408,16 +468,17 @@ def main(argv=None) -> int:
         measured = run_row_in_child(row, args)
         peak_cuda.append(measured.pop("peak_cuda_mib", 0.0))
         if row == "inference":
-            ceiling = measured.pop("ceiling_gflops")
+            row_ceilings = measured.pop("ceilings")
+            measured.pop("precision")
             for part in ("inference", "nll"):
                 for variant in measured[part].values():
                     if isinstance(variant, dict):
-                        variant["ceiling_gflops"] = ceiling
+                        variant["ceilings"], variant["precision"] = row_ceilings, "fp32"
             results.update(measured)
         else:
             results["training"][row] = measured
     # The ceiling again after the rows: a machine that slowed down meanwhile shows here.
-    results["ceiling_after_gflops"] = matmul_ceiling(device, args.repeats)
+    results["ceilings_after"] = ceilings(device, args.repeats)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child
     if device.type == "cuda":
         results["peak_cuda_mib"] = max(peak_cuda)
@@ -434,62 +495,70 @@ def main(argv=None) -> int:
 def print_table(r: dict) -> None:
     print(
         f"\nvaekit throughput: torch {r['machine']['torch']}, {r['machine']['threads']} threads, "
-        f"{r['machine']['device']}, "
-        f"median [min-max] of {r['machine']['repeats']} repeats; each row against the matmul ceiling measured around it"
+        f"{r['machine']['device']}, median [min-max] of {r['machine']['repeats']} repeats; each row's share is of "
+        "the ceiling of its precision, measured around it"
     )
-    print(f"{'row':38s} {'rate':>24s} {'unit':>10s} {'MFLOP/unit':>10s} {'GFLOP/s':>8s} {'ceiling':>8s} {'of it':>6s}")
-
-    def row(name, s, unit, flop, ceiling):
-        g = s["median"] * flop / 1e9
-        rate = f"{s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}]"
-        print(
-            f"{name:38s} {rate:>24s} {unit:>10s} {flop / 1e6:10.1f} {g:8.1f} {ceiling['median']:8.1f} "
-            f"{g / ceiling['median']:6.0%}"
-        )
-
-    for key, label in (
-        ("ceiling_gflops", "fp32 matmul 2048, before the rows"),
-        ("ceiling_after_gflops", "fp32 matmul 2048, after the rows"),
-    ):
-        if key in r:
-            c = r[key]
-            print(f"{label:38s} {c['median']:.1f} [{c['min']:.1f}-{c['max']:.1f}]{'':>4s} {'GFLOP/s':>10s}")
-    for name, t in r["training"].items():
-        row(f"train {name}", t["images_per_s"], "img/s", t["flop_per_image"], t["ceiling_gflops"])
-    share = lambda t: t["images_per_s"]["median"] * t["flop_per_image"] / t["ceiling_gflops"]["median"]  # noqa: E731
-    rate = lambda t: t["images_per_s"]["median"] / t["ceiling_gflops"]["median"]  # images per GFLOP/s of ceiling  # noqa: E731
-    for k in (1, 5):
-        if f"vaekit K={k}" not in r["training"] or f"naive K={k}" not in r["training"]:
-            continue
-        v, n = r["training"][f"vaekit K={k}"], r["training"][f"naive K={k}"]
-        print(
-            f"  vaekit K={k}: {v['images_per_s']['median'] / n['images_per_s']['median']:.2f}x naive "
-            f"({share(v) / share(n):.2f}x in shares of each row's ceiling); "
-            f"make_batch {v['make_batch_s'] * 1e3:.2f} ms = {v['data_share']:.1%} of a step; "
-            f"finite checks + grad norm {v['checks_s'] * 1e3:.2f} ms = {v['checks_share']:.1%}"
-        )
-    base = r["training"].get("vaekit K=1")
-    for name in ("vaekit K=5", "vaekit K=5 pathwise", "vaekit K=20 pathwise"):
-        if base and name in r["training"]:
-            t = r["training"][name]
-            print(
-                f"  {name}: a step costs "
-                f"{base['images_per_s']['median'] / t['images_per_s']['median']:.2f}x a K=1 step "
-                f"({rate(base) / rate(t):.2f}x with each row's rate over its own ceiling)"
+    for key, when in (("ceilings", "before the rows"), ("ceilings_after", "after the rows")):
+        for precision, c in r.get(key, {}).items():
+            parts = "  ".join(
+                f"{kind} {c[kind]['median']:.0f} [{c[kind]['min']:.0f}-{c[kind]['max']:.0f}]"
+                for kind in ("matmul", "conv")
             )
+            print(f"{precision} ceiling {when}: {c['ceiling']['median']:.0f} GFLOP/s  ({parts})")
+    print(f"{'row':40s} {'rate':>22s} {'unit':>10s} {'MFLOP/unit':>10s} {'GFLOP/s':>8s} {'ceiling':>12s} {'of it':>6s}")
+
+    def gflops(t: dict, unit: str) -> float:
+        return t[unit]["median"] * t["flop_per_" + ("image" if unit == "images_per_s" else "sample")] / 1e9
+
+    def share(t: dict, unit: str = "images_per_s") -> float:
+        return gflops(t, unit) / t["ceilings"][t["precision"]]["ceiling"]["median"]
+
+    def row(name: str, t: dict, unit: str) -> None:
+        s, ceiling = t[unit], t["ceilings"][t["precision"]]["ceiling"]["median"]
+        flop = t["flop_per_" + ("image" if unit == "images_per_s" else "sample")]
+        rate = f"{s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}]"
+        label = "img/s" if unit == "images_per_s" else "samples/s"
+        print(
+            f"{name:40s} {rate:>22s} {label:>10s} {flop / 1e6:10.1f} {gflops(t, unit):8.1f} "
+            f"{t['precision'] + ' ' + format(ceiling, '.0f'):>12s} {share(t, unit):6.0%}"
+        )
+
+    training = r["training"]
+    for name, t in training.items():
+        row(f"train {name}", t, "images_per_s")
+    for k in (1, 5):
+        v, n = training.get(f"vaekit K={k}"), training.get(f"naive K={k}")
+        if v and n:
+            print(
+                f"  vaekit K={k}: {v['images_per_s']['median'] / n['images_per_s']['median']:.2f}x naive "
+                f"({share(v) / share(n):.2f}x in shares of each row's ceiling); "
+                f"make_batch {v['make_batch_s'] * 1e3:.2f} ms = {v['data_share']:.1%} of a step; "
+                f"finite checks + grad norm {v['checks_s'] * 1e3:.2f} ms = {v['checks_share']:.1%}"
+            )
+    base = training.get("vaekit K=1")
+    for name in ("vaekit K=5", "vaekit K=5 pathwise", "vaekit K=20 pathwise"):
+        if base and name in training:
+            t = training[name]
+            print(
+                f"  {name}: a step costs {base['images_per_s']['median'] / t['images_per_s']['median']:.2f}x a K=1 step"
+            )
+    for fast, slow in (
+        ("naive K=1 bf16", "naive K=1"),
+        ("vaekit K=1 bf16", "vaekit K=1"),
+        ("default K=1 bf16", "default K=1"),
+        ("default K=1 compile", "default K=1"),
+        ("default K=1 bf16 compile", "default K=1"),
+    ):
+        if fast in training and slow in training:
+            ratio = training[fast]["images_per_s"]["median"] / training[slow]["images_per_s"]["median"]
+            print(f"  {fast}: {ratio:.2f}x the images/s of {slow}")
     for name, t in r.get("inference", {}).items():
-        row(f"encode+decode {name}", t["images_per_s"], "img/s", t["flop_per_image"], t["ceiling_gflops"])
+        row(f"encode+decode {name}", t, "images_per_s")
         if "compile_s" in t:
             print(f"  (compile {t['compile_s']:.0f} s)")
     for name, t in r.get("nll", {}).items():
         if isinstance(t, dict):
-            row(
-                f"NLL S={r['nll']['samples']} {name}",
-                t["samples_per_s"],
-                "samples/s",
-                t["flop_per_sample"],
-                t["ceiling_gflops"],
-            )
+            row(f"NLL S={r['nll']['samples']} {name}", t, "samples_per_s")
     print(f"peak resident memory {r['peak_rss_mib']:.0f} MiB; wall {r['wall_s']:.0f} s")
 
 

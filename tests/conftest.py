@@ -52,7 +52,8 @@ def tiny_config(**overrides) -> RunConfig:
         ModelConfig(latent_size=4, image_size=28, width=128, blocks="plain", prior="normal"),
         DataConfig(dataset="blobs"),
         # A constant learning rate: tests that stop and resume change --epochs, which moves a cosine.
-        TrainConfig(epochs=1, batch_size=32, lr_schedule="constant", lr_warmup=0, kl_warmup=0),
+        # fp32, whatever the CPU: tests/test_precision.py checks bf16 against it.
+        TrainConfig(epochs=1, batch_size=32, lr_schedule="constant", lr_warmup=0, kl_warmup=0, precision="fp32"),
     )
     for key, value in overrides.items():
         part, name = key.split("__")

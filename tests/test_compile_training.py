@@ -34,7 +34,7 @@ def graphs(monkeypatch):
     torch._dynamo.reset()
 
 
-def _config(compile: bool, epochs: int):
+def _config(compile: bool, epochs: int, precision: str = "fp32"):
     # Gated blocks and the VampPrior: the default networks, and a second batch size (the
     # pseudo-inputs) through the encoder; batches of 40 leave a shorter last one.
     return tiny_config(
@@ -45,13 +45,15 @@ def _config(compile: bool, epochs: int):
         train__epochs=epochs,
         train__batch_size=40,
         train__compile=compile,
+        train__precision=precision,
     )
 
 
-def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, monkeypatch, precision):
     data = make_tiny_splits()
     assert len(data.train.images) % 40 != 0
-    eager = training.train(_config(False, 2), out=tmp_path / "eager", data=data, progress=False)
+    eager = training.train(_config(False, 2, precision), out=tmp_path / "eager", data=data, progress=False)
     assert graphs == []
     compiled_after_step = []
     training_step = training.training_step
@@ -62,7 +64,7 @@ def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, mon
         return out
 
     monkeypatch.setattr(training, "training_step", counting_step)
-    compiled = training.train(_config(True, 2), out=tmp_path / "compiled", data=data, progress=False)
+    compiled = training.train(_config(True, 2, precision), out=tmp_path / "compiled", data=data, progress=False)
 
     # All in the first step: the short last batches, validation and the pictures compiled nothing more.
     assert len(compiled_after_step) == 2 * 5
@@ -76,6 +78,7 @@ def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, mon
     rows_a, rows_b = read_metrics(eager), read_metrics(compiled)
     assert [round(float(r["val_elbo"]), 3) for r in rows_b] == [round(float(r["val_elbo"]), 3) for r in rows_a]
     assert load_run(compiled).config.train.compile is True
+    assert load_run(compiled).config.train.precision == precision
 
 
 def test_a_twin_of_a_compiled_module_runs_its_own_forward():

@@ -10,12 +10,12 @@ from torch import nn
 
 from conftest import make_tiny_splits, tiny_config
 from vaekit.config import ModelConfig, RunConfig
-from vaekit.data.batching import binarize_fixed
+from vaekit.devices import resolve_precision
 from vaekit.errors import VaekitError
 from vaekit.evaluation.evaluate import evaluate_model
 from vaekit.models.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
 from vaekit.models.networks import ConvDecoder, ConvEncoder
-from vaekit.models.precision import AutocastNetwork, autocast_networks, full_precision, network_autocast
+from vaekit.models.precision import AutocastNetwork, autocast_networks, full_precision
 from vaekit.models.speed import fast_networks, fold_batchnorm, inference_model, training_networks
 from vaekit.models.vae import VAE
 from vaekit.objectives.bounds import training_loss
@@ -179,18 +179,6 @@ def test_decoding_in_pieces_keeps_no_graph_when_the_caller_tracks_gradients(thre
     assert got.grad_fn is None and not got.requires_grad
 
 
-def test_autocast_is_a_no_op_off_cuda():
-    model = _model().eval()
-    x = binarize_fixed((torch.rand(4, 1, 32, 32) * 255).to(torch.uint8), 0)
-    with torch.inference_mode():
-        ref = model.decode(model.encode(x).loc[:, 0]).logits
-        autocast_networks(model)
-        out = model.decode(model.encode(x).loc[:, 0]).logits
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, ref)
-    assert isinstance(network_autocast(torch.device("cpu")), type(network_autocast(torch.device("cpu"), False)))
-
-
 def _plain_and_fast(components: int, blocks: str = "plain") -> tuple[VAE, VAE]:
     plain = _model(components, blocks=blocks)
     rng = torch.random.get_rng_state()
@@ -274,11 +262,13 @@ def test_fast_networks_keep_autocast_on_networks_that_had_it():
 
 def test_networks_run_in_fp32_on_a_gpu_unless_bf16_is_asked_for() -> None:
     gpu = torch.device("cuda")  # only the classes are swapped: nothing runs, so no GPU is needed
-    default = training_networks(VAE(tiny_config().model), gpu, tiny_config().train.precision)
+    default = training_networks(VAE(tiny_config().model), gpu, resolve_precision("auto", gpu))
     bf16 = training_networks(VAE(tiny_config().model), gpu, "bf16")
     on_cpu = training_networks(VAE(tiny_config().model), torch.device("cpu"), "bf16")
-    assert not isinstance(default.decoder, AutocastNetwork) and not isinstance(on_cpu.decoder, AutocastNetwork)
+    fp32_cpu = training_networks(VAE(tiny_config().model), torch.device("cpu"), "fp32")
+    assert not isinstance(default.decoder, AutocastNetwork) and not isinstance(fp32_cpu.decoder, AutocastNetwork)
     assert isinstance(bf16.decoder, AutocastNetwork) and isinstance(bf16.encoder, AutocastNetwork)
+    assert isinstance(on_cpu.decoder, AutocastNetwork)  # bf16 asked for runs on a CPU too
     data = tiny_config().to_dict()
     del data["train"]["precision"]  # a run from before the setting trained its networks in bf16 on a GPU
     assert RunConfig.from_dict(data).train.precision == "bf16"

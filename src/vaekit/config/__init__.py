@@ -16,6 +16,7 @@ from vaekit.config.train import (
     LR_SCHEDULES,
     MIXTURE_ESTIMATORS,
     OPTIMIZERS,
+    PRECISIONS,
     TrainConfig,
     kl_warmup_default,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "MIXTURE_ESTIMATORS",
     "LR_SCHEDULES",
     "OPTIMIZERS",
+    "PRECISIONS",
     "DEVICES",
     "KL_WARMUP_EPOCHS",
     "LEGACY_KL_WARMUP_EPOCHS",

@@ -11,6 +11,8 @@ from vaekit.config.settings import setting
 from vaekit.errors import VaekitError
 
 LR_SCHEDULES = ("constant", "cosine")
+# The networks' arithmetic in training; vaekit.devices.resolve_precision turns auto into one of the others.
+PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamax")  # step.make_optimizer
 DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA where there is one
 # How a bound handles the mixture component of q(z|x) when K > 1 (model.VAE.forward):
@@ -84,10 +86,14 @@ class TrainConfig:
     )
     detect_anomaly: bool = setting(False, "run under torch.autograd's anomaly detection (slow)")
     channels_last: bool = setting(True, "keep NCHW tensors (slower on CPU)", flag="--no-channels-last")
-    # bf16 lost to fp32 for vaekit's own networks on an H100 (benchmarks/README.md: the step is
-    # bound by kernel launches, which the casts add to); it may pay for a wide network of one's own.
+    # bf16 trains 1.4-1.9x faster on a CPU with bf16 units and scores the same (benchmarks/README.md,
+    # "bf16 on the CPU"); on the H100s measured the launch-bound step ran faster in fp32.
     precision: str = setting(
-        "fp32", "the networks' arithmetic on a GPU: fp32 (default) or bf16 (autocast; the bounds stay fp32)"
+        "auto",
+        "the networks' arithmetic in training: auto (default; bf16 on a CPU with bf16 units, AVX512_BF16 or"
+        " AMX, else fp32), fp32, or bf16 (autocast; the bounds, optimizer and weights stay fp32); config.json"
+        " records what the run used",
+        choices=PRECISIONS,
     )
     # On the 2-core CPU a compiled gated step ran 1.11-1.17x an eager one (benchmarks/README.md);
     # the compiling is paid again by every process that trains, a resumed one included.
@@ -130,7 +136,7 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise VaekitError(f"--grad-clip must be positive, got {self.grad_clip}")
         check_choice(self, "device", DEVICES)
-        check_choice(self, "precision", ("fp32", "bf16"))
+        check_choice(self, "precision", PRECISIONS)
         check_choice(self, "lr_schedule", LR_SCHEDULES)
         return self
 

@@ -1,8 +1,10 @@
 """The networks' arithmetic: bf16 autocast around the encoder and decoder, fp32 everywhere else.
 
-- `autocast_networks`: the encoder and decoder run under bf16 autocast on CUDA and hand fp32
-  to the distributions (training with `--precision bf16`); `full_precision` takes that off for
-  a block (validation, evaluation).
+- `autocast_networks`: the encoder and decoder run under bf16 autocast (on a CPU or a GPU) and
+  hand fp32 to the distributions (training in bf16: `--precision bf16`, or `auto` on a CPU with
+  bf16 units); `full_precision` takes that off for a block (validation, evaluation).
+
+The bounds, the distributions, the optimizer state and the master weights stay fp32.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ NETWORKS = ("encoder", "decoder")
 
 class AutocastNetwork(nn.Module):
     """Mixed into a network's own class by `autocast_networks`: its forward under bf16 autocast
-    on CUDA, its outputs back in fp32, so the distributions and bounds never see bf16."""
+    its outputs back in fp32, so the distributions and bounds never see bf16."""
 
     plain_class: type[nn.Module]
 
@@ -78,12 +80,10 @@ def full_precision(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def network_autocast(device: torch.device, enabled: bool = True) -> Any:
-    """bf16 autocast around the networks on CUDA; the bounds are computed in fp32 by the caller.
-
-    On CPU bf16 autocast was about 20x slower on the machine we measured, so it is never used there.
-    """
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast around the networks on a CPU or a CUDA GPU; the bounds are computed in fp32
+    by the caller. Other devices run as they are."""
+    if enabled and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

@@ -63,9 +63,9 @@ def fast_networks(model: Any) -> nn.Module:
 
 def training_networks(model: nn.Module, device: torch.device, precision: str = "fp32") -> nn.Module:
     """What training runs, in place: the fast twins, and with precision "bf16" the networks under
-    bf16 autocast on a GPU (fp32 bounds). On CPU bf16 was ~20x slower, so it is never used there."""
+    bf16 autocast (fp32 bounds); `devices.resolve_precision` turns "auto" into one of the two."""
     fast_networks(model)
-    if device.type == "cuda" and precision == "bf16":
+    if precision == "bf16":
         autocast_networks(model)
     return model
 
