@@ -36,8 +36,8 @@ demo: install data
 	@echo "pictures, metrics.csv, evaluation.json and report.html are in $(DEMO_OUT)"
 
 test: install
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
