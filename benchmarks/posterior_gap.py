@@ -16,6 +16,11 @@ log p(x) - ELBO Gaussian is the gap no Gaussian posterior can close for this dec
 ELBO mixture - ELBO Gaussian is what K components add to it (at least that much: a longer fit
 could find more). Differences are paired over the same images.
 Prints a table and writes benchmarks/results/posterior_gap.json. A GPU makes it take a minute.
+
+For a hierarchy (--levels L >= 2) the posteriors fitted are the top group's, q(z_L | x), given
+the trained decoder and the lower levels: log p(x, z_L) is replaced by its bound with the model's
+own lower posteriors, log p(x | z) - sum_l KL(q(z_l | z_>l, x) || p(z_l | z_>l)) + log p(z_L),
+one draw of the lower groups per draw of z_L (log p(x) is the full importance-sampled estimate).
 """
 
 from __future__ import annotations
@@ -37,14 +42,22 @@ from vaekit.runs.run_dir import load_run, load_run_data
 
 
 def log_joint(model, x: torch.Tensor, z: torch.Tensor, chunk: int) -> torch.Tensor:
-    """log p(x, z) for draws z (..., B, D) of the images x (B, ...), decoded `chunk` images at a time."""
+    """log p(x, z) for draws z (..., B, D) of the images x (B, ...), decoded `chunk` images at a time
+    (for a hierarchy, z is the top group and log p(x, z) its bound through the lower posteriors)."""
     shape = z.shape[:-1]
     flat = z.reshape(-1, shape[-1], z.shape[-1])  # (N, B, D)
     per = max(1, chunk // flat.shape[1])
-    parts = [
-        model.decode(flat[i : i + per]).log_prob(model.crop(x)) + model.prior().log_prob(flat[i : i + per])
-        for i in range(0, len(flat), per)
-    ]
+    context = model.encode_with_context(x)[1] if model.levels > 1 else []
+    parts = []
+    for i in range(0, len(flat), per):
+        piece = flat[i : i + per]  # (n, B, D)
+        if context:
+            repeated = [c.repeat(len(piece), 1, 1, 1) for c in context]  # (n*B, ...) in piece's order
+            px, lower = model.decode_groups(piece, repeated)  # lower: (n, B, L-1, 3)
+            log_px = px.log_prob(model.crop(x)) - lower[..., 0].sum(-1)
+        else:
+            log_px = model.decode(piece).log_prob(model.crop(x))
+        parts.append(log_px + model.prior().log_prob(piece))
     return torch.cat(parts).reshape(shape)
 
 

@@ -369,6 +369,9 @@ ROWS: dict[str, dict] = {
     "default K=1 bf16": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK, precision="bf16"),
     "default K=1 compile": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK, compile=True),
     "default K=1 bf16 compile": dict(kind="vaekit", k=1, network=DEFAULT_NETWORK, precision="bf16", compile=True),
+    "default L=2": dict(kind="vaekit", k=1, network={**DEFAULT_NETWORK, "levels": 2}),
+    "default L=2 bf16": dict(kind="vaekit", k=1, network={**DEFAULT_NETWORK, "levels": 2}, precision="bf16"),
+    "default L=3 bf16": dict(kind="vaekit", k=1, network={**DEFAULT_NETWORK, "levels": 3}, precision="bf16"),
     "inference": dict(kind="inference"),
 }
 
@@ -548,6 +551,9 @@ def print_table(r: dict) -> None:
         ("default K=1 bf16", "default K=1"),
         ("default K=1 compile", "default K=1"),
         ("default K=1 bf16 compile", "default K=1"),
+        ("default K=1", "default L=2"),
+        ("default K=1 bf16", "default L=2 bf16"),
+        ("default K=1 bf16", "default L=3 bf16"),
     ):
         if fast in training and slow in training:
             ratio = training[fast]["images_per_s"]["median"] / training[slow]["images_per_s"]["median"]

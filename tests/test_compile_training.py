@@ -34,7 +34,7 @@ def graphs(monkeypatch):
     torch._dynamo.reset()
 
 
-def _config(compile: bool, epochs: int, precision: str = "fp32"):
+def _config(compile: bool, epochs: int, precision: str = "fp32", levels: int = 1):
     # Gated blocks and the VampPrior: the default networks, and a second batch size (the
     # pseudo-inputs) through the encoder; batches of 40 leave a shorter last one.
     return tiny_config(
@@ -46,14 +46,16 @@ def _config(compile: bool, epochs: int, precision: str = "fp32"):
         train__batch_size=40,
         train__compile=compile,
         train__precision=precision,
+        model__levels=levels,
+        model__group_channels=2,
     )
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, monkeypatch, precision):
+@pytest.mark.parametrize(("precision", "levels"), [("fp32", 1), ("bf16", 1), ("bf16", 3)])
+def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, monkeypatch, precision, levels):
     data = make_tiny_splits()
     assert len(data.train.images) % 40 != 0
-    eager = training.train(_config(False, 2, precision), out=tmp_path / "eager", data=data, progress=False)
+    eager = training.train(_config(False, 2, precision, levels), out=tmp_path / "eager", data=data, progress=False)
     assert graphs == []
     compiled_after_step = []
     training_step = training.training_step
@@ -64,7 +66,7 @@ def test_compiled_training_matches_eager_and_compiles_once(tmp_path, graphs, mon
         return out
 
     monkeypatch.setattr(training, "training_step", counting_step)
-    compiled = training.train(_config(True, 2, precision), out=tmp_path / "compiled", data=data, progress=False)
+    compiled = training.train(_config(True, 2, precision, levels), out=tmp_path / "compiled", data=data, progress=False)
 
     # All in the first step: the short last batches, validation and the pictures compiled nothing more.
     assert len(compiled_after_step) == 2 * 5

@@ -129,7 +129,7 @@ def test_evaluation_counts_every_image_exactly_once(n, world, monkeypatch):
     assert count == n
 
 
-# (name, components K, importance samples S, mixture estimator)
+# (name, components K, importance samples S, mixture estimator[, levels L])
 OBJECTIVES = [
     ("elbo", 1, 1, "marginal"),
     ("iwae", 1, 3, "marginal"),
@@ -137,6 +137,8 @@ OBJECTIVES = [
     ("siwae-1", 2, 1, "stratified"),
     ("pathwise", 3, 1, "pathwise"),
     ("pathwise-iwae", 3, 2, "pathwise"),
+    ("hierarchy", 1, 1, "marginal", 3),
+    ("hierarchy-pathwise-iwae", 2, 2, "pathwise", 2),
 ]
 
 
@@ -146,9 +148,11 @@ def _losses_through_ddp(rank: int, world: int, init_file: str, out: str) -> None
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x = torch.bernoulli(torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
     rows = {}
-    for name, components, samples, estimator in OBJECTIVES:
+    for name, components, samples, estimator, *levels in OBJECTIVES:
         torch.manual_seed(0)
-        model = VAE(ModelConfig(latent_size=3, width=32, components=components, image_size=28, prior="normal"))
+        config = ModelConfig(latent_size=3, width=32, components=components, image_size=28, prior="normal")
+        config.levels, config.group_channels = (levels or [1])[0], 2
+        model = VAE(config)
         torch.manual_seed(5)
         alone = model(x, iw_samples=samples, estimator=estimator)
         torch.manual_seed(5)
@@ -180,7 +184,7 @@ def test_the_ddp_wrapper_trains_the_same_loss_as_one_process(tmp_path):
         )  # the bounds differ: a real check
 
 
-def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
+def test_an_iwae_run_of_a_hierarchy_under_torchrun_trains_on_the_bound(tmp_path):
     images, labels = blob_images(100)
     np.savez(tmp_path / "blobs.npz", images=images[:, 0], labels=labels)
     out = tmp_path / "run"
@@ -206,6 +210,10 @@ def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
             "1",
             "--iw-samples",
             "3",
+            "--levels",
+            "2",
+            "--group-channels",
+            "2",
             "--quiet",
             "--out",
             str(out),
@@ -220,6 +228,8 @@ def test_an_iwae_run_under_torchrun_trains_on_the_bound(tmp_path):
         row = next(csv.DictReader(f))
     assert row["objective"] == "iwae(3)"
     assert float(row["train_loss"]) == pytest.approx(-float(row["train_elbo"]), rel=1e-5)
+    kl = float(row["val_kl_z2"]) + float(row["val_kl_z1"])  # validation over both ranks' shares
+    assert kl == pytest.approx(float(row["val_kl"]), rel=1e-4)
 
 
 def _what_is_left_of_the_group() -> dict:

@@ -132,6 +132,13 @@ def test_the_guide_evaluation_example_reads_the_per_image_file(tiny, tmp_path, c
     assert per_image["nll"].mean() == pytest.approx(result["test"]["nll"]["mean"], rel=1e-9)
 
 
+@covers("terms = hierarchical_terms(model, x)")
+def test_the_guide_hierarchy_example_prints_each_groups_kl(capsys) -> None:
+    scope = _run("terms = hierarchical_terms(model, x)")
+    assert scope["model"].levels == 3
+    assert capsys.readouterr().out.splitlines() == ["torch.Size([4, 3])", "True"]
+
+
 @covers('compare_runs(["zoo:fashion-mnist", "zoo:fashion-mnist-long"])')
 def test_the_guide_compares_the_shipped_models_as_the_readme_quotes() -> None:
     table = _run('compare_runs(["zoo:fashion-mnist", "zoo:fashion-mnist-long"])')["table"]

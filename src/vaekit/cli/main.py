@@ -68,10 +68,12 @@ def cmd_sample(args) -> int:
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
+    if not 0 <= args.temperature <= 10:
+        raise VaekitError(f"--temperature must be between 0 and 10, got {args.temperature}")
     run = load_run(args.run, device=resolve_device(args.device))
     torch.manual_seed(args.seed)
     out = Path(args.out or output_dir(run.path) / "samples.png")
-    save_image_grid(run.model.sample(args.n).cpu(), out)
+    save_image_grid(run.model.sample(args.n, temperature=args.temperature).cpu(), out)
     print(out)
     return 0
 
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out")
     p.add_argument("--seed", type=int, default=0)
+    temperature = "with --levels >= 2: scale of the lower groups' prior draws (default 1; below 1 is smoother)"
+    p.add_argument("--temperature", type=float, default=1.0, help=temperature)
     _add_device_flag(p)
     p = sub.add_parser("reconstruct", help="test images beside their reconstructions")
     p.add_argument("run")

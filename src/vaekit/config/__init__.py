@@ -8,7 +8,16 @@ unknown key or a wrong type is refused with a message naming it.
 """
 
 from vaekit.config.data import FIXED_SIZE_DATASETS, DataConfig
-from vaekit.config.model import BLOCKS, IMAGE_SIZES, MIXTURE_WEIGHTS, ModelConfig, block_widths, padded_size
+from vaekit.config.model import (
+    ACTIVE_GROUP_KL,
+    BLOCKS,
+    IMAGE_SIZES,
+    MIXTURE_WEIGHTS,
+    ModelConfig,
+    block_widths,
+    group_names,
+    padded_size,
+)
 from vaekit.config.run import ABSENT_MEANS, LEGACY_KL_WARMUP_EPOCHS, RunConfig
 from vaekit.config.train import (
     DEVICES,
@@ -28,6 +37,8 @@ __all__ = [
     "TrainConfig",
     "padded_size",
     "block_widths",
+    "group_names",
+    "ACTIVE_GROUP_KL",
     "kl_warmup_default",
     "IMAGE_SIZES",
     "BLOCKS",

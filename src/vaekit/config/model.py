@@ -13,6 +13,16 @@ from vaekit.errors import VaekitError
 IMAGE_SIZES = (28, 32, 64)
 MIXTURE_WEIGHTS = ("learned", "equal")
 BLOCKS = ("plain", "gated")  # the built-in networks' conv blocks (networks._block)
+MAX_LEVELS = 7  # one group at 4x4, 8x8 and 16x16 in turn (ladder.group_resolutions), two of each at most
+
+
+# A group whose KL averages below this many nats per image carries (almost) nothing: "inactive".
+ACTIVE_GROUP_KL = 0.1
+
+
+def group_names(levels: int) -> list[str]:
+    """The latent groups' names, top first: z1 for a single level; z3, z2, z1 for three (z1 nearest x)."""
+    return [f"z{level}" for level in range(levels, 0, -1)]
 
 
 def padded_size(image_size: int) -> int:
@@ -50,7 +60,18 @@ class ModelConfig:
         " ~2x the FLOPs of plain at one width) or plain (conv, BatchNorm, LeakyReLU: the notebook's)",
         choices=BLOCKS,
     )
-    components: int = setting(1, "mixture components K of q(z|x)")  # K=1 is the ordinary VAE
+    components: int = setting(
+        1, "mixture components K of q(z|x) (of the top group's with --levels >= 2)"
+    )  # K=1: ordinary
+    # 1 is the single-level model; L >= 2 a top-down hierarchy (models/ladder.py) whose top group
+    # has latent_size dims and whose L-1 lower groups are spatial maps (group_resolutions).
+    levels: int = setting(
+        1,
+        "latent groups L (default {default}); L >= 2 is a top-down hierarchy: --latent-size is the top group's size, "
+        "the lower groups are spatial maps",
+        metavar="L",
+    )
+    group_channels: int = setting(8, "channels of each lower group's latent map with --levels >= 2 (default {default})")
     # "equal" is MISELBO's (Kviman et al. 2023): no component can take the others' weight.
     mixture_weights: str = setting(
         "learned",
@@ -88,8 +109,12 @@ class ModelConfig:
 
     def validate(self) -> ModelConfig:
         """Raises VaekitError naming the first bad setting; returns self, unchanged."""
-        for name in ("latent_size", "width", "components", "prior_components", "logistic_mixtures"):
+        for name in ("latent_size", "width", "components", "prior_components", "logistic_mixtures", "levels"):
             check_positive(self, name)
+        if self.levels > MAX_LEVELS:
+            raise VaekitError(f"--levels {self.levels} is more than vaekit builds; use 1 to {MAX_LEVELS}")
+        if self.levels > 1:
+            check_positive(self, "group_channels")
         if self.channels not in (1, 3):
             raise VaekitError(f"channels must be 1 or 3, got {self.channels}")
         if self.image_size not in IMAGE_SIZES:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from vaekit._version import __version__
 from vaekit.atomic import atomic_write_bytes, atomic_write_text
-from vaekit.config import registry
+from vaekit.config import ACTIVE_GROUP_KL, group_names, registry
 from vaekit.data.batching import EVAL_BINARIZE_SEED, binarize_fixed, to_float
 from vaekit.devices import resolve_device
 from vaekit.errors import VaekitError
@@ -100,6 +100,7 @@ def evaluate_model(
     device = next(model.parameters()).device
     x_all = binarize_fixed(images.to(device), EVAL_BINARIZE_SEED) if binarize else to_float(images.to(device))
     per_image: dict[str, list[torch.Tensor]] = {"elbo": [], "recon": [], "kl": [], "log_px": []}
+    kl_groups: list[torch.Tensor] = []  # (B, L) batches with levels L >= 2
     means, weights = [], []
     bar = tqdm(
         total=len(x_all) * samples,
@@ -122,6 +123,8 @@ def evaluate_model(
             q = model.encode(x)
             for key in ("elbo", "recon", "kl"):
                 per_image[key].append(getattr(terms, key).double().cpu())
+            if terms.kl_groups is not None:
+                kl_groups.append(terms.kl_groups.double().cpu())
             per_image["log_px"].append(log_likelihood_estimate(model, x, samples, chunk, bar).cpu())
             means.append(q.mean.double().cpu())
             weights.append(q.weights.double().cpu())
@@ -153,6 +156,8 @@ def evaluate_model(
             "variance_of_posterior_mean": [round(float(v), 6) for v in variance],
         },
     }
+    if kl_groups:
+        result["kl_groups"] = group_kl_summary(torch.cat(kl_groups), group_names(cfg.levels))
     if cfg.components > 1:
         usage = component_usage(torch.cat(weights))
         result["components"] = {
@@ -165,6 +170,16 @@ def evaluate_model(
     if keep_per_image:
         result["per_image"] = {"nll": nll.numpy(), "elbo": values["elbo"].numpy()}
     return result
+
+
+def group_kl_summary(kl_groups: torch.Tensor, names: list[str]) -> dict[str, dict]:
+    """Each latent group's KL (per-image mean and standard error, nats) and whether it is active
+    (mean at least ACTIVE_GROUP_KL), from per-image KLs (N, L), top group first."""
+    out = {}
+    for name, column in zip(names, kl_groups.double().unbind(-1)):
+        summary = _mean_and_stderr(column)
+        out[name] = {**summary, "active": summary["mean"] >= ACTIVE_GROUP_KL}
+    return out
 
 
 # --------------------------------------------------------------------------- sample quality

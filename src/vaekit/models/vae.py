@@ -15,8 +15,10 @@ from vaekit.distributions.likelihoods import make_likelihood
 from vaekit.distributions.mixture import MixtureOfGaussians
 from vaekit.distributions.priors import make_prior
 from vaekit.errors import VaekitError
+from vaekit.models.ladder import BottomUp, TopDown
 from vaekit.models.networks import ConvDecoder, ConvEncoder
 from vaekit.objectives.bounds import elbo_terms, iwae_terms, pathwise_terms
+from vaekit.objectives.hierarchical import hierarchical_terms
 
 
 class VAE(nn.Module):
@@ -40,14 +42,25 @@ class VAE(nn.Module):
     measured for the conv networks (channels_last, speed.fast_networks) are not applied to a
     user's networks.
 
+    With config.levels L >= 2 the networks are the hierarchy's (models/ladder.py): the encoder
+    is the bottom-up pass, returning the top group's (loc, logvar, logits) followed by its
+    activations at the lower groups' resolutions (the `context`), and the decoder the top-down
+    pass, which draws the lower groups. `encode` is then q(z_L | x), the top group's posterior,
+    and the bounds go through `encode_with_context` and `decode_groups`. A user's own networks
+    are single-level only.
+
     The model as built is plain PyTorch; speed.py swaps in faster modules where training and
-    evaluation ask for them, and bf16 autocast around the networks on a GPU if asked.
+    evaluation ask for them, and bf16 autocast around the networks if asked.
     """
 
     def __init__(self, config: ModelConfig, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> None:
         super().__init__()
         config.validate()
         check_networks_given(config, encoder, decoder)
+        if config.levels > 1 and (encoder is not None or decoder is not None):
+            raise VaekitError(
+                f"your own networks make a single-level VAE; --levels {config.levels} needs the built-in ones"
+            )
         if encoder is not None or decoder is not None:
             # A copy, so the caller's config is not edited behind its back.
             config = dataclasses.replace(
@@ -60,17 +73,25 @@ class VAE(nn.Module):
         self.decoder_crops = False
         # The built-in networks are made in this order (encoder, likelihood, decoder, prior), so a
         # seed gives the same weights as before user networks existed.
-        self.encoder = (
-            encoder
-            if encoder is not None
-            else ConvEncoder(config.channels, size, config.latent_size, config.components, config.width, config.blocks)
-        )
+        self.encoder: nn.Module
+        self.decoder: nn.Module
+        if config.levels > 1:
+            self.encoder = BottomUp(config)
+        elif encoder is not None:
+            self.encoder = encoder
+        else:
+            self.encoder = ConvEncoder(
+                config.channels, size, config.latent_size, config.components, config.width, config.blocks
+            )
         self.likelihood = make_likelihood(config)
-        self.decoder = (
-            decoder
-            if decoder is not None
-            else ConvDecoder(self.likelihood.param_channels, size, config.latent_size, config.width, config.blocks)
-        )
+        if config.levels > 1:
+            self.decoder = TopDown(config, self.likelihood.param_channels)
+        elif decoder is not None:
+            self.decoder = decoder
+        else:
+            self.decoder = ConvDecoder(
+                self.likelihood.param_channels, size, config.latent_size, config.width, config.blocks
+            )
         self.prior_net = make_prior(config)  # a VampPrior's pseudo-inputs get the data's zero frame
         # A user's network's output shapes are checked once, on its first call: a wrong shape
         # would otherwise surface as a broadcasting error deep inside the bounds.
@@ -98,21 +119,53 @@ class VAE(nn.Module):
         """Whether either network is a user's own (not the built-in conv networks)."""
         return self.config.custom_networks
 
+    @property
+    def levels(self) -> int:
+        """L, the number of latent groups (1: a single-level VAE)."""
+        return self.config.levels
+
     def encode(self, x: torch.Tensor) -> MixtureOfGaussians:
-        """q(z|x) for images x (B, C, S, S) in [0, 1]."""
+        """q(z|x) for images x (B, C, S, S) in [0, 1]; with levels >= 2, q(z_L|x) of the top group."""
+        return self.encode_with_context(x)[0]
+
+    def encode_with_context(self, x: torch.Tensor) -> tuple[MixtureOfGaussians, list[torch.Tensor]]:
+        """q(z|x) (the top group's with levels >= 2) and the bottom-up activations the lower
+        groups' posteriors need (an empty list for a single-level VAE)."""
         out = self.encoder(x)
         if self._unchecked["encoder"]:
             self._check_encoder_output(x, out)
-        loc, logvar, logits = out
+        loc, logvar, logits, *context = out
         if self.config.mixture_weights == "equal":
             logits = torch.zeros_like(logits)  # the weight head's output is not used
         logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
-        return MixtureOfGaussians.from_logvar(
-            loc, logvar, logits, validate_args=False
-        )  # a NaN is the training loop's to report
+        q = MixtureOfGaussians.from_logvar(loc, logvar, logits, validate_args=False)  # a NaN is the loop's to report
+        return q, context
 
-    def decode(self, z: torch.Tensor):
-        """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped).
+    def decode_groups(
+        self,
+        z: torch.Tensor,
+        context: list[torch.Tensor] | None = None,
+        temperature: float = 1.0,
+        use_mean: bool = False,
+        noise: list[torch.Tensor] | None = None,
+    ):
+        """For levels >= 2: p(x | z_L, z_<L) for top-group latents z (*batch, D), and the lower
+        groups' terms (*batch, L-1, 3): closed-form KL(q || p), log q and log p of each group's
+        draw, top-down (models/ladder.py). `context` (from `encode_with_context`, for the
+        flattened batch's images in order) draws the lower groups from their posteriors; without
+        it they come from their priors at `temperature`. `use_mean` takes each group's mean;
+        `noise` (decoder.noise(N)) fixes the lower groups' draws."""
+        flat = z.reshape(-1, z.shape[-1])  # (N, D)
+        params, terms = self.decoder(flat, *(context or ()), temperature=temperature, use_mean=use_mean, noise=noise)
+        if not self.decoder_crops:
+            params = self.crop(params)  # (N, C', H, W)
+        px = self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
+        return px, terms.reshape(*z.shape[:-1], *terms.shape[1:])
+
+    def decode(self, z: torch.Tensor, temperature: float = 1.0):
+        """p(x|z) for latents z (*batch, D), over the data's own pixels (padding cropped). With
+        levels >= 2, z is the top group and the lower groups are drawn from their priors at
+        `temperature` (see decode_groups); a single-level VAE has no use for it.
 
         All draws go through the decoder as one batch, so in training its BatchNorm normalises
         over every component and sample together. Decoding each draw on its own (tried: 1.2x
@@ -120,6 +173,8 @@ class VAE(nn.Module):
         set of running statistics of eval mode cannot reproduce: a K=5 model trained that way
         scored -249 nats in training mode and -331 in eval mode.
         """
+        if self.levels > 1:
+            return self.decode_groups(z, temperature=temperature)[0]
         params = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, C', S, S)
         if self._unchecked["decoder"]:
             self._check_decoder_output(z, params)
@@ -159,14 +214,18 @@ class VAE(nn.Module):
         return x if b == 0 else x[..., b:-b, b:-b]
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Mean images (n, C, H, W) of p(x|z) for z drawn from the prior."""
-        return self.decode(self.prior().sample((n,))).mean
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """Mean images (n, C, H, W) of p(x|z) for z drawn from the prior; with levels >= 2 the
+        lower groups' priors are scaled by `temperature` (the top group's prior is not)."""
+        return self.decode(self.prior().sample((n,)), temperature=temperature).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean images decoded from the posterior mean."""
-        return self.decode(self.encode(x).mean).mean
+        """Mean images decoded from the posterior mean (of every group, with levels >= 2)."""
+        q, context = self.encode_with_context(x)
+        if self.levels > 1:
+            return self.decode_groups(q.mean, context, use_mean=True)[0].mean
+        return self.decode(q.mean).mean
 
     def forward(
         self,
@@ -180,8 +239,11 @@ class VAE(nn.Module):
         estimator (TrainConfig.mixture_estimator) says how the mixture component is handled:
         `marginal` decodes every component (the mixture ELBO, or SIWAE with S > 1),
         `stratified` is SIWAE for any S (S=1 included), `pathwise` decodes one draw per sample
-        from the full mixture. With K=1 all three are the same bound.
+        from the full mixture. With K=1 all three are the same bound. With levels >= 2 the same
+        choices apply to the top group (objectives.hierarchical).
         """
+        if self.levels > 1:
+            return hierarchical_terms(self, x_input, x_target, iw_samples, estimator)
         if estimator == "pathwise" and self.config.components > 1:
             return pathwise_terms(self, x_input, x_target, iw_samples)
         if iw_samples > 1 or (estimator == "stratified" and self.config.components > 1):

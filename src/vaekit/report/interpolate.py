@@ -43,13 +43,14 @@ def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
 def interpolation_strips(
     model, images: torch.Tensor, pairs: list[tuple[int, int]], steps: int = 10
 ) -> tuple[list[torch.Tensor], list[str]]:
-    """For each (i, j): a linear and a spherical strip (steps, C, H, W) between the posterior means."""
+    """For each (i, j): a linear and a spherical strip (steps, C, H, W) between the posterior means
+    (of the top group with levels >= 2, the lower groups at their priors' means along the path)."""
     model.eval()
     means = model.encode(images).mean  # (N, D)
     strips, labels = [], []
     for i, j in pairs:
         for name, path in (("linear", lerp), ("spherical", slerp)):
-            strips.append(model.decode(path(means[i], means[j], steps)).mean.float().cpu())
+            strips.append(model.decode(path(means[i], means[j], steps), temperature=0.0).mean.float().cpu())
             labels.append(f"{name} {i}-{j}")
     return strips, labels
 

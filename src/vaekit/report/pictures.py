@@ -1,5 +1,6 @@
-"""A run's pictures: samples, reconstructions and curves every epoch; the latent scatter and
-component usage; and, before a report, whichever of them (and the interpolations) a run lacks."""
+"""A run's pictures: samples, reconstructions and curves every epoch; the latent scatter,
+component usage and a hierarchy's KL per group; and, before a report, whichever of them (and
+the interpolations) a run lacks."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 
 import torch
 
+from vaekit.config import ModelConfig
 from vaekit.data import DatasetSplits
 from vaekit.data.batching import to_float
 from vaekit.errors import VaekitError
 from vaekit.models.vae import VAE
+from vaekit.report.group_kl import plot_group_kl
 from vaekit.report.image_grids import save_image_grid, save_reconstructions
 from vaekit.report.interpolate import interpolate_run
 from vaekit.report.plots import plot_component_usage, plot_latent_scatter, plot_loss_curves
@@ -43,7 +46,8 @@ def write_latent_pictures(
     device: torch.device | None = None,
     n: int = LATENT_PICTURE_IMAGES,
 ) -> None:
-    """latent_scatter.png (and component_usage.png for K>1) from the first n validation images.
+    """latent_scatter.png (and component_usage.png for K>1) from the first n validation images;
+    group_kl.png for a hierarchy, from metrics.csv.
 
     Validation, not test: the trainer draws these every epoch and never reads the test split.
     """
@@ -62,11 +66,22 @@ def write_latent_pictures(
     if model.config.components > 1:
         usage = torch.cat(weights).mean(0)
         plot_component_usage(usage, Path(run_dir) / "component_usage.png", read_metrics(Path(run_dir)))
+    if model.config.levels > 1:
+        plot_group_kl(read_metrics(Path(run_dir)), Path(run_dir) / "group_kl.png")
+
+
+def latent_pictures(config: ModelConfig) -> list[str]:
+    """The pictures `write_latent_pictures` draws for a model of `config`."""
+    return (
+        ["latent_scatter.png"]
+        + (["component_usage.png"] if config.components > 1 else [])
+        + (["group_kl.png"] if config.levels > 1 else [])
+    )
 
 
 def missing_pictures(run: LoadedRun, data: DatasetSplits) -> None:
     """Draws the latent pictures the run's folder lacks."""
-    needed = ["latent_scatter.png"] + (["component_usage.png"] if run.config.model.components > 1 else [])
+    needed = latent_pictures(run.config.model)
     if any(not (run.path / name).is_file() for name in needed) and len(data.val):
         write_latent_pictures(run.path, run.model, data)
 
@@ -86,8 +101,7 @@ def ensure_pictures(
     run_dir = Path(run_dir)
     try:
         run = load_run(run_dir, encoder=encoder, decoder=decoder)
-        needed = ["latent_scatter.png", "interpolations.png"]
-        needed += ["component_usage.png"] if run.config.model.components > 1 else []
+        needed = latent_pictures(run.config.model) + ["interpolations.png"]
         if all((run_dir / name).is_file() for name in needed):
             return
         data = data or load_run_data(run.config)

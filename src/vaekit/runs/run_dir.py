@@ -110,11 +110,15 @@ def load_run_data(config: RunConfig) -> DatasetSplits:
     )
 
 
+GROUP_KL_PREFIX = "val_kl_z"  # metrics.csv's per-group KL columns: val_kl_z3, val_kl_z2, val_kl_z1 (top first)
+
+
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Writes `rows` (one dict per epoch) to the run's metrics.csv atomically, floats to 6 digits."""
     buffer = io.StringIO()
     usage = [c for c in USAGE_COLUMNS if any(c in row for row in rows)]  # runs with K > 1
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + usage, extrasaction="ignore")
+    groups = [c for c in (rows[0] if rows else {}) if c.startswith(GROUP_KL_PREFIX)]  # runs with levels >= 2
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + groups + usage, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vaekit._version import __version__
-from vaekit.config import RunConfig, TrainConfig
+from vaekit.config import RunConfig, TrainConfig, group_names
 from vaekit.data import DatasetSplits
 from vaekit.data.batching import batch_count, binarize_fixed, epoch_permutation, make_batch, shard, to_float
 from vaekit.devices import resolve_device, resolve_precision
@@ -290,6 +290,10 @@ def _metrics_row(run: Run, model: VAE, totals: EpochSums, seconds: float) -> dic
         "seconds": seconds,
         "images_per_s": totals.images / seconds,
     }
+    # with levels >= 2: each group's validation KL (the report plots them; a group near zero is inactive)
+    row.update(
+        {f"val_kl_{name}": kl for name, kl in zip(group_names(run.config.model.levels), val.get("kl_groups", []))}
+    )
     if run.config.model.components > 1:  # is the mixture collapsing? (the report plots these over epochs)
         x_val = binarize_fixed(run.val_images, VALIDATION_SEED) if binarize else to_float(run.val_images)
         usage = component_usage(posterior_weights(model, x_val))
