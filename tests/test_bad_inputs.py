@@ -291,6 +291,16 @@ CASES = [
         ["--free-bits is a per-dimension KL floor", "--kl-warmup or --beta"],
     ),
     (
+        "free-bits-with-a-hierarchy",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--levels", "2", "--free-bits", "0.5"],
+        ["--free-bits is a per-dimension KL floor of a single latent", "--kl-warmup"],
+    ),
+    (
+        "levels-too-many",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--levels", "8"],
+        ["--levels 8 is more than vaekit builds", "use 1 to 7"],
+    ),
+    (
         "grad-clip-0",
         lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--grad-clip", "0"],
         ["--grad-clip must be positive"],

@@ -72,5 +72,5 @@ def test_the_installed_wheel_works_from_another_directory(installed, tmp_path) -
     assert out.returncode == 0, out.stderr
     module, run_path, reported, shape = json.loads(out.stdout.strip().splitlines()[-1])
     assert Path(module).is_relative_to(site) and Path(run_path).is_relative_to(site)
-    assert reported == version == "0.2.0"
+    assert reported == version == "0.3.0"
     assert shape == [2, 1, 28, 28]

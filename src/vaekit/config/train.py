@@ -142,6 +142,11 @@ class TrainConfig:
 
     def validate_objective(self, model: ModelConfig) -> None:
         """The objective's checks that need the model too."""
+        if self.free_bits and model.levels > 1:
+            raise VaekitError(
+                f"--free-bits is a per-dimension KL floor of a single latent; with --levels {model.levels} use "
+                "--kl-warmup (it covers every group) or --beta instead"
+            )
         if self.free_bits and (model.components > 1 or model.prior != "normal"):
             # There the KL is a Monte Carlo estimate of the whole sum: a floor on it would drop
             # the gradient of every dimension at once, which is not free bits.
