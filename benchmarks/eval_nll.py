@@ -1,6 +1,6 @@
 """Throughput of the importance-sampled NLL on the path `vaekit evaluate` takes.
 
-    python benchmarks/eval_nll.py [--width 128] [--blocks plain] [--images 200] [--samples 200]
+    python benchmarks/eval_nll.py [--width 128] [--blocks plain] [--levels 2] [--images 200] [--samples 200]
         [--chunks 1024,2048] [--pieces 0,200] [--crops 0,1] [--compile] [--repeats 3]
 
 Times speed.inference_model (fast twins, BatchNorm folded, channels_last; compiled with
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--blocks", default="plain", choices=BLOCKS)
     parser.add_argument("--prior", default="normal", choices=tuple(priors()))
     parser.add_argument("--components", default="1,5")
+    parser.add_argument("--levels", type=int, default=1, help="latent groups L (2 and up: the hierarchy)")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=100, help="test images per call (vaekit evaluate's)")
@@ -130,7 +131,13 @@ def main() -> None:
         torch.manual_seed(0)
         base = VAE(
             ModelConfig(
-                latent_size=32, components=k, image_size=28, width=args.width, blocks=args.blocks, prior=args.prior
+                latent_size=32,
+                components=k,
+                image_size=28,
+                width=args.width,
+                blocks=args.blocks,
+                prior=args.prior,
+                levels=args.levels,
             )
         )
         for compiled in (False, True) if args.compile else (False,):

@@ -12,7 +12,7 @@ from vaekit.errors import VaekitError
 
 IMAGE_SIZES = (28, 32, 64)
 MIXTURE_WEIGHTS = ("learned", "equal")
-BLOCKS = ("plain", "gated")  # the built-in networks' conv blocks (networks._block)
+BLOCKS = ("plain", "gated")  # the built-in networks' conv blocks (networks.conv_block)
 MAX_LEVELS = 7  # one group at 4x4, 8x8 and 16x16 in turn (ladder.group_resolutions), two of each at most
 
 

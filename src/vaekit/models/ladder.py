@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from vaekit.config import ModelConfig, block_widths
-from vaekit.models.networks import _block, _down, _up
+from vaekit.models.networks import conv_block, down_block, up_block
 
 # Where the lower groups go, in turn: a quarter, an eighth and half the network's size (8x8,
 # 4x4 and 16x16 for 32-pixel inputs); the L-1 groups take the first L-1 of these, twice round.
@@ -57,7 +57,7 @@ class BottomUp(nn.Module):
         self.latent_size, self.components = config.latent_size, config.components
         self.resolutions = group_resolutions(config.levels, size)
         ins = [config.channels] + widths
-        self.body = nn.ModuleList(_down(c_in, c_out, config.blocks) for c_in, c_out in zip(ins, widths))
+        self.body = nn.ModuleList(down_block(c_in, c_out, config.blocks) for c_in, c_out in zip(ins, widths))
         self.loc_head = nn.Conv2d(widths[-1], config.components * config.latent_size, 2)
         self.logvar_head = nn.Conv2d(widths[-1], config.components * config.latent_size, 2)
         self.logits_head = nn.Conv2d(widths[-1], config.components, 2)
@@ -98,7 +98,7 @@ class GroupCell(nn.Module):
         nn.init.zeros_(self.posterior.weight)
         nn.init.zeros_(self.posterior.bias)  # type: ignore[arg-type]  # a Conv2d with bias=True
         self.merge = nn.Conv2d(latent, state, 3, padding=1)
-        self.residual = _block(nn.Conv2d, state, state, blocks, 3, 1, 1)
+        self.residual = conv_block(nn.Conv2d, state, state, blocks, 3, 1, 1)
         self.logvar_bounds = logvar_bounds
 
     def forward(
@@ -154,8 +154,8 @@ class TopDown(nn.Module):
         self.resolutions = group_resolutions(config.levels, size)
         self.group_channels = config.group_channels
         bounds = (config.logvar_min, config.logvar_max)
-        ups = [_up(config.latent_size, widths[0], 4, 1, 0, config.blocks)]  # 1x1 -> 4x4
-        ups += [_up(c_in, c_out, 4, 2, 1, config.blocks) for c_in, c_out in zip(widths[:-1], widths[1:])]
+        ups = [up_block(config.latent_size, widths[0], 4, 1, 0, config.blocks)]  # 1x1 -> 4x4
+        ups += [up_block(c_in, c_out, 4, 2, 1, config.blocks) for c_in, c_out in zip(widths[:-1], widths[1:])]
         self.ups = nn.ModuleList(ups)
         self.cells = nn.ModuleList(
             GroupCell(state[r], context[r], config.group_channels, config.blocks, bounds) for r in self.resolutions

@@ -27,7 +27,7 @@ class Gate(nn.Module):
         return a * torch.sigmoid(b)
 
 
-def _block(conv: type[nn.Module], c_in: int, c_out: int, blocks: str, *conv_args: int) -> nn.Sequential:
+def conv_block(conv: type[nn.Module], c_in: int, c_out: int, blocks: str, *conv_args: int) -> nn.Sequential:
     """conv(c_in -> c_out, *conv_args) -> BatchNorm -> the kind's activation; `c_out` channels out.
 
     plain: LeakyReLU(0.2), the notebook's. gated: the conv makes twice the channels and half of
@@ -41,12 +41,14 @@ def _block(conv: type[nn.Module], c_in: int, c_out: int, blocks: str, *conv_args
     )
 
 
-def _down(c_in: int, c_out: int, blocks: str = "plain") -> nn.Sequential:
-    return _block(nn.Conv2d, c_in, c_out, blocks, 4, 2, 1)
+def down_block(c_in: int, c_out: int, blocks: str = "plain") -> nn.Sequential:
+    """A `conv_block` whose 4x4 stride-2 convolution halves the image."""
+    return conv_block(nn.Conv2d, c_in, c_out, blocks, 4, 2, 1)
 
 
-def _up(c_in: int, c_out: int, kernel: int, stride: int, padding: int, blocks: str = "plain") -> nn.Sequential:
-    return _block(nn.ConvTranspose2d, c_in, c_out, blocks, kernel, stride, padding)
+def up_block(c_in: int, c_out: int, kernel: int, stride: int, padding: int, blocks: str = "plain") -> nn.Sequential:
+    """A `conv_block` around a transposed convolution (kernel 4, stride 2, padding 1 doubles the image)."""
+    return conv_block(nn.ConvTranspose2d, c_in, c_out, blocks, kernel, stride, padding)
 
 
 class ConvEncoder(nn.Module):
@@ -58,7 +60,9 @@ class ConvEncoder(nn.Module):
         super().__init__()
         widths = block_widths(size, width)
         self.latent_size, self.components = latent_size, components
-        self.body = nn.Sequential(*[_down(c_in, c_out, blocks) for c_in, c_out in zip([channels] + widths, widths)])
+        self.body = nn.Sequential(
+            *[down_block(c_in, c_out, blocks) for c_in, c_out in zip([channels] + widths, widths)]
+        )
         # Three 2x2 heads as in the notebook; the weight head is sized by K alone (the
         # notebook reshaped it with latent_size).
         self.loc_head = nn.Conv2d(widths[-1], components * latent_size, 2)
@@ -83,8 +87,8 @@ class ConvDecoder(nn.Module):
     def __init__(self, out_channels: int, size: int, latent_size: int, width: int = 256, blocks: str = "plain") -> None:
         super().__init__()
         widths = block_widths(size, width)[::-1]  # the widest first
-        layers = [_up(latent_size, widths[0], 4, 1, 0, blocks)]  # 1x1 -> 4x4
-        layers += [_up(c_in, c_out, 4, 2, 1, blocks) for c_in, c_out in zip(widths[:-1], widths[1:])]
+        layers = [up_block(latent_size, widths[0], 4, 1, 0, blocks)]  # 1x1 -> 4x4
+        layers += [up_block(c_in, c_out, 4, 2, 1, blocks) for c_in, c_out in zip(widths[:-1], widths[1:])]
         self.body = nn.Sequential(*layers)
         # Logits, not probabilities: the sigmoid lives in the likelihood, where BCE is stable.
         self.head = nn.ConvTranspose2d(widths[-1], out_channels, 1, 1, 0)

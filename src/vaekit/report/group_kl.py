@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from vaekit.config import ACTIVE_GROUP_KL
-from vaekit.report.plots import _new_figure, _save_figure, _to_float
+from vaekit.report.plots import cell_float, new_figure, save_figure
 from vaekit.runs.run_dir import GROUP_KL_PREFIX
 
 
@@ -18,17 +18,17 @@ def group_kl_columns(rows: list[dict]) -> list[str]:
 def active_groups(rows: list[dict]) -> dict[str, bool]:
     """For each group (z3, z2, ...): whether its validation KL in the last epoch is at least ACTIVE_GROUP_KL nats."""
     last = rows[-1] if rows else {}
-    return {c[len("val_kl_") :]: (_to_float(last.get(c)) or 0.0) >= ACTIVE_GROUP_KL for c in group_kl_columns(rows)}
+    return {c[len("val_kl_") :]: (cell_float(last.get(c)) or 0.0) >= ACTIVE_GROUP_KL for c in group_kl_columns(rows)}
 
 
 def plot_group_kl(rows: list[dict], path: str | os.PathLike[str]) -> Path:
     """Each latent group's validation KL per epoch (nats, log scale), the title naming the inactive ones."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _new_figure((7.0, 3.8))
+    fig = new_figure((7.0, 3.8))
     ax = fig.subplots()
     for column in group_kl_columns(rows):
-        points = [(_to_float(r.get("epoch")) or i + 1, _to_float(r.get(column))) for i, r in enumerate(rows)]
+        points = [(cell_float(r.get("epoch")) or i + 1, cell_float(r.get(column))) for i, r in enumerate(rows)]
         xs = [x for x, y in points if y is not None]
         ys = [max(y, 1e-3) for y in (y for _, y in points) if y is not None]  # a log axis: no zeros
         ax.plot(xs, ys, marker="o", markersize=3, label=column[len("val_kl_") :])
@@ -43,4 +43,4 @@ def plot_group_kl(rows: list[dict], path: str | os.PathLike[str]) -> Path:
         "KL per latent group; "
         + (f"inactive (< {ACTIVE_GROUP_KL} nats): {', '.join(inactive)}" if inactive else "every group active")
     )
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

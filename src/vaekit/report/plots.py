@@ -35,7 +35,8 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib Figure of `figsize` inches on the Agg canvas, outside pyplot's state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,7 +45,7 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save ``fig`` as PNG atomically and release it."""
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -58,7 +59,7 @@ def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
             pass
 
 
-def _to_float(value: Any) -> float | None:
+def cell_float(value: Any) -> float | None:
     """Float of a CSV cell; None for missing, empty or unparsable values."""
     if value is None:
         return None
@@ -91,7 +92,7 @@ def plot_loss_curves(rows: list[dict], path: str | os.PathLike[str]) -> Path:
     """
     from matplotlib.ticker import MaxNLocator
 
-    fig = _new_figure((13.0, 3.8))
+    fig = new_figure((13.0, 3.8))
     axes = fig.subplots(1, 3)
     for ax, (key, title) in zip(axes, _LOSS_PANELS):
         drawn = False
@@ -99,10 +100,10 @@ def plot_loss_curves(rows: list[dict], path: str | os.PathLike[str]) -> Path:
             xs: list[float] = []
             ys: list[float] = []
             for i, row in enumerate(rows):
-                y = _to_float(row.get(f"{split}_{key}"))
+                y = cell_float(row.get(f"{split}_{key}"))
                 if y is None:
                     continue
-                x = _to_float(row.get("epoch"))
+                x = cell_float(row.get("epoch"))
                 xs.append(float(i + 1) if x is None else x)
                 ys.append(y)
             if not ys:
@@ -126,7 +127,7 @@ def plot_loss_curves(rows: list[dict], path: str | os.PathLike[str]) -> Path:
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +195,7 @@ def plot_latent_scatter(
 
     import matplotlib
 
-    fig = _new_figure((6.5, 5.5))
+    fig = new_figure((6.5, 5.5))
     ax = fig.subplots()
     size = 12 if n <= 2000 else 4
     if lab is None:
@@ -232,7 +233,7 @@ def plot_latent_scatter(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_component_usage(
@@ -257,13 +258,13 @@ def plot_component_usage(
     nz = p[p > 0]
     entropy = float(-(nz * np.log(nz)).sum())
     history: list[tuple[float, Any, Any]] = [
-        (x, _to_float(r.get("usage_entropy")), _to_float(r.get("usage_image_entropy")))
+        (x, cell_float(r.get("usage_entropy")), cell_float(r.get("usage_image_entropy")))
         for i, r in enumerate(rows)
-        for x in [_to_float(r.get("epoch")) or float(i + 1)]
+        for x in [cell_float(r.get("epoch")) or float(i + 1)]
     ]
     history = [h for h in history if h[1] is not None and h[2] is not None]
 
-    fig = _new_figure((max(6.0, 0.45 * k + 2.0) + (5.0 if history else 0.0), 4.0))
+    fig = new_figure((max(6.0, 0.45 * k + 2.0) + (5.0 if history else 0.0), 4.0))
     axes: Any = fig.subplots(1, 2 if history else 1)
     ax = axes[0] if history else axes
     ax.bar(np.arange(k), w, color="tab:blue")
@@ -302,4 +303,4 @@ def plot_component_usage(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(frameon=False, fontsize="small")
         ax.grid(True, alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
