@@ -11,7 +11,7 @@ import torch
 
 from vaekit.distributions.kl import closed_form_kl
 from vaekit.objectives.decoding import decoded_log_prob, nll_chunk
-from vaekit.objectives.hierarchical import hierarchical_log_likelihood, hierarchical_terms
+from vaekit.objectives.hierarchical import hierarchical_terms
 from vaekit.objectives.terms import Terms
 
 
@@ -47,15 +47,14 @@ def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int | N
     The importance-sampled estimate of log p(x) that evaluation reports, and the IWAE bound
     (Burda et al. 2015) with S samples: it tightens towards log p(x) as S grows. z_s come from
     the full mixture q(z|x) (component index sampled: this is for evaluation, not gradients;
-    training uses iwae_terms).
+    training uses iwae_terms). With levels >= 2, z is the top group and decoded_log_prob draws
+    the lower groups from their posteriors and adds their log p - log q to each weight.
 
     Samples are drawn in chunks of ~`chunk` decoded images, each chunk for all B images at
     once, and folded into a running logsumexp, so memory stays bounded whatever S is.
     """
-    if model.config.levels > 1:
-        return hierarchical_log_likelihood(model, x, samples, chunk, bar)
     b = x.shape[0]
-    q = model.encode(x)  # (B, K, D)
+    q, context = model.encode_with_context(x)  # (B, K, D); a hierarchy's bottom-up activations
     prior = model.prior()
     target = model.crop(x)
     per_chunk = max(1, (chunk or nll_chunk(x.device)) // b)
@@ -63,7 +62,7 @@ def log_likelihood_estimate(model, x: torch.Tensor, samples: int, chunk: int | N
     for start in range(0, samples, per_chunk):
         s = min(per_chunk, samples - start)
         z = q.sample((s,))  # (s, B, D)
-        log_w = decoded_log_prob(model, z, target) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
+        log_w = decoded_log_prob(model, z, target, context) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
         total = torch.logaddexp(total, torch.logsumexp(log_w.double(), 0))
         if bar is not None:
             bar.update(s * b)

@@ -24,6 +24,12 @@ def _single_thread_workers(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,), thread_name_prefix="decode")
 
 
+def repeat_context(context: list[torch.Tensor], times: int) -> list[torch.Tensor]:
+    """Each bottom-up activation (B, ...) tiled `times` times along the batch, (times*B, ...): the
+    order of latents (times, B, D) flattened."""
+    return [c.repeat(times, *([1] * (c.dim() - 1))) for c in context]
+
+
 def nll_chunk(device: torch.device) -> int:
     """Decoded images per call when estimating log p(x): on the 2-core CPU we measured, 2048
     ran 1.16x faster than 4096 (cache); a GPU wants large calls."""
@@ -53,8 +59,9 @@ def decoded_log_prob(model: Any, z: torch.Tensor, target: torch.Tensor, context:
         with torch.inference_mode(inference), torch.no_grad():
             if not context:
                 return model.decode(piece).log_prob(target)
-            repeated = [c.repeat(piece.shape[0], *([1] * (c.dim() - 1))) for c in context]  # (s*B, ...)
-            px, terms = model.decode_groups(piece, repeated, noise=noise)  # (s, B), (s, B, L-1, 3)
+            px, terms = model.decode_groups(
+                piece, repeat_context(context, piece.shape[0]), noise=noise
+            )  # (s, B), (s, B, L-1, 3)
             return px.log_prob(target) + (terms[..., 2] - terms[..., 1]).sum(-1)
 
     threads = torch.get_num_threads()

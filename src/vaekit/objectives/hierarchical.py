@@ -7,7 +7,8 @@ terms of the top-down pass (`model.decode_groups`).
 
 The lower groups' KLs are in closed form given the groups above them (each is a diagonal
 Gaussian); the top group's is where the KL table has it (K=1 with N(0, I)), else the Monte Carlo
-term. The importance-weighted bounds and the NLL weight every group:
+term. The importance-weighted bounds and the NLL (`bounds.log_likelihood_estimate`, through
+`decoding.decoded_log_prob`) weight every group:
 log w = log p(x | z) + sum_l [log p(z_l | z_>l) - log q(z_l | z_>l, x)], z drawn ancestrally from q.
 """
 
@@ -18,7 +19,7 @@ import math
 import torch
 
 from vaekit.distributions.kl import closed_form_kl
-from vaekit.objectives.decoding import decoded_log_prob, nll_chunk
+from vaekit.objectives.decoding import repeat_context
 from vaekit.objectives.terms import Terms
 
 
@@ -43,7 +44,7 @@ def hierarchical_terms(
     else:
         z = q.component_rsample((samples,)).transpose(1, 2)  # (S, K, B, D)
     copies = z.shape[0] * z.shape[1]
-    repeated = [c.repeat(copies, *([1] * (c.dim() - 1))) for c in context]  # (S*K*B, ...) in z's order
+    repeated = repeat_context(context, copies)  # (S*K*B, ...) in z's order
     px, lower = model.decode_groups(z, repeated)  # batch (S, K, B); lower (S, K, B, L-1, 3)
     log_px = px.log_prob(model.crop(x_target))  # (S, K, B)
     prior = model.prior()
@@ -65,30 +66,3 @@ def hierarchical_terms(
     recon = (weights * log_px)[0].sum(0)  # (B,)
     kl = kl_groups.sum(-1)
     return Terms(recon - kl, recon, kl, kl_groups=kl_groups)
-
-
-def hierarchical_log_likelihood(
-    model, x: torch.Tensor, samples: int, chunk: int | None = None, bar=None
-) -> torch.Tensor:
-    """logsumexp_s log w_s - log S per image: (B,) float64, the importance-sampled estimate of
-    log p(x) over every group (the IWAE bound with S samples), with the full posterior as the
-    proposal: z_L from the whole mixture q(z_L | x), each lower group from its posterior given
-    the draws above it.
-
-    As `bounds.log_likelihood_estimate`: chunks of ~`chunk` decoded images for all B images at
-    once, folded into a running logsumexp, so memory stays bounded whatever S is.
-    """
-    b = x.shape[0]
-    q, context = model.encode_with_context(x)  # (B, K, D)
-    prior = model.prior()
-    target = model.crop(x)
-    per_chunk = max(1, (chunk or nll_chunk(x.device)) // b)
-    total = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
-    for start in range(0, samples, per_chunk):
-        s = min(per_chunk, samples - start)
-        z = q.sample((s,))  # (s, B, D)
-        log_w = decoded_log_prob(model, z, target, context) + prior.log_prob(z) - q.log_prob(z)  # (s, B)
-        total = torch.logaddexp(total, torch.logsumexp(log_w.double(), 0))
-        if bar is not None:
-            bar.update(s * b)
-    return total - math.log(samples)
