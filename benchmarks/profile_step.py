@@ -5,8 +5,8 @@
 
 Times the step vaekit.training.loop runs (build_trainer, make_batch, training_step: fused Adam, finite
 flags, no host sync) at several batch sizes, with the networks in fp32 (the default) and under
-bf16 autocast (`--precision bf16`) on a GPU, then profiles 20 steps of --precision and prints the
-operators that take the most host time and the kernels launched per step. `--compile` also
+bf16 autocast (`--precision bf16`) on a GPU or a CPU with bf16 units, then profiles 20 steps of
+--precision and prints the operators that take the most host time and the kernels launched per step. `--compile` also
 times the step with the networks compiled (`vaekit train --compile`), between two eager timings,
 and the first step's seconds (the compiling). On a GPU a small
 network's step is bound by the host (Python and kernel launches), not by arithmetic: the
@@ -27,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from vaekit.config import BLOCKS, DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.config.registry import priors
 from vaekit.data.batching import make_batch
+from vaekit.devices import cpu_has_fast_bf16
 from vaekit.training.distributed import DistContext
 from vaekit.training.step import build_trainer, training_step
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     # Eager, compiled, eager again: the machine's drift shows in the two eager rows.
     ways = ("", ", compiled", ", again") if args.compile else ("",)
     for batch in [int(b) for b in args.batches.split(",")]:
-        for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
+        for precision in ("fp32", "bf16") if device.type == "cuda" or cpu_has_fast_bf16() else ("fp32",):
             for way in ways:
                 key = f"batch {batch}, {precision}{way}"
                 rates[key], first_step_s[key] = images_per_s(args, batch, precision, device, way == ", compiled")

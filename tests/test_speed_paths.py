@@ -14,7 +14,7 @@ from vaekit.devices import resolve_precision
 from vaekit.errors import VaekitError
 from vaekit.evaluation.evaluate import evaluate_model
 from vaekit.models.fast_modules import FusedHeadsConvEncoder, MatmulConvTranspose2d
-from vaekit.models.networks import ConvDecoder, ConvEncoder
+from vaekit.models.networks import ConvDecoder, ConvEncoder, Gate
 from vaekit.models.precision import AutocastNetwork, autocast_networks, full_precision
 from vaekit.models.speed import fast_networks, fold_batchnorm, inference_model, training_networks
 from vaekit.models.vae import VAE
@@ -69,6 +69,25 @@ def test_matmul_conv_transpose_is_the_convolution(memory_format, kernel, size):
     g_ref = torch.autograd.grad(ref.square().sum(), [x, fast.weight, fast.bias])
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gate_is_glu_in_every_layout_and_precision(memory_format, dtype):
+    # nn.functional.glu(h) is a * sigmoid(b) for the halves (a, b) of h's channels: an independent
+    # reference for the gate's copy of b on channels_last.
+    torch.manual_seed(0)
+    h = torch.randn(3, 10, 5, 5, dtype=dtype).contiguous(memory_format=memory_format).requires_grad_()
+    out = Gate()(h)
+    ref = nn.functional.glu(h.detach().float(), dim=1)
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)
+    assert out.dtype == dtype
+    (g,) = torch.autograd.grad(out.float().square().sum(), [h])
+    h64 = h.detach().double().requires_grad_()
+    (g_ref,) = torch.autograd.grad(nn.functional.glu(h64, dim=1).square().sum(), [h64])
+    torch.testing.assert_close(
+        g.double(), g_ref, rtol=1e-5 if dtype == torch.float32 else 5e-2, atol=1e-5 if dtype == torch.float32 else 5e-2
+    )
 
 
 def test_fused_encoder_heads_are_the_three_convolutions():

@@ -24,6 +24,11 @@ class Gate(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """a * sigmoid(b), where a and b are the first and second halves of h's channels."""
         a, b = h.chunk(2, dim=1)
+        if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+            # Half the channels of a channels_last tensor is strided memory, where the CPU's
+            # sigmoid takes a slow elementwise path (4.3 ms against ~1 ms on 128x12x32x32):
+            # one copy first is cheaper.
+            b = b.contiguous(memory_format=torch.channels_last)
         return a * torch.sigmoid(b)
 
 
