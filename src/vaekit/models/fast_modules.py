@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaekit.models.networks import ConvEncoder
+from vaekit.models.networks import ConvEncoder, is_channels_last
 
 
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
@@ -52,7 +52,7 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
             out = out + self.bias
         out = out.permute(0, 3, 1, 2)  # (N, C_out, H, W), channels_last strides
         # Keep the layout the model was put in: channels_last in, channels_last out; NCHW stays NCHW.
-        return out if _is_channels_last(self.weight) or _is_channels_last(x) else out.contiguous()
+        return out if is_channels_last(self.weight) or is_channels_last(x) else out.contiguous()
 
 
 class FusedHeadsConvEncoder(ConvEncoder):
@@ -86,8 +86,3 @@ def twin(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     for name in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
         object.__setattr__(new, name, type(module.__dict__[name])(module.__dict__[name]))
     return new
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    """Strictly channels_last (a tensor with 1x1 spatial size or one channel is both layouts)."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
