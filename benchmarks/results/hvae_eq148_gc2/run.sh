@@ -23,17 +23,18 @@ O=${1:-/work/exp/hvae_eq148}
 mkdir -p "$O"
 [ -f "$O/run/config.json" ] || $V train --out "$O/run" --val-size 10000 --levels 2 --group-channels 2 --width 128 \
   --epochs "${EPOCHS:-185}" --max-minutes 148 --quiet > "$O/train.log" 2>&1
-quick() {  # RUN NAME DIR: the quick protocol of RUN (its outputs land in DIR) into $O/quick/NAME, for `vaekit compare`
-  [ -f "$O/quick/$2/evaluation.json" ] && return
-  mkdir -p "$O/quick/$2" && (cd "$O/quick" && $V evaluate "$1" --test-subset 2000 --nll-samples 250 --no-quality --quiet \
-    > "$O/quick/$2.log" 2>&1) && cp "$3/evaluation.json" "$3/evaluation_per_image.npz" "$O/quick/$2/"
+scored() {  # NAME RUN DIR [ARGS]: `vaekit evaluate RUN ARGS` (outputs land in DIR) kept in $O/NAME for `vaekit compare`
+  local name=$1 run=$2 dir=$3; shift 3
+  [ -f "$O/$name/evaluation.json" ] && return
+  (cd "$O" && $V evaluate "$run" --no-quality --quiet "$@" > "$O/$name.log" 2>&1) && mkdir -p "$O/$name" \
+    && cp "$dir/evaluation.json" "$dir/evaluation_per_image.npz" "$O/$name/"
 }
-quick "$O/run" hvae "$O/run"
-quick zoo:fashion-mnist-long long "$O/quick/zoo-fashion-mnist-long"
-$V compare "$O/quick/long" "$O/quick/hvae" --json "$O/compare_quick.json" > "$O/compare_quick.txt" 2>&1
+QUICK=(--test-subset 2000 --nll-samples 250)
+scored quick_hvae "$O/run" "$O/run" "${QUICK[@]}"
+scored quick_long zoo:fashion-mnist-long "$O/zoo-fashion-mnist-long" "${QUICK[@]}"
+$V compare "$O/quick_long" "$O/quick_hvae" --json "$O/compare_quick.json" > "$O/compare_quick.txt" 2>&1
 [ -f "$O/frechet.json" ] || $PY benchmarks/results/hvae_samples/frechet.py "$O/run" --out "$O/frechet.json" > "$O/frechet.log" 2>&1
 if [ "${2:-}" = full ]; then
-  [ -f "$O/full/evaluation.json" ] || { $V evaluate "$O/run" --no-quality --quiet > "$O/full.log" 2>&1 && mkdir -p "$O/full" \
-    && cp "$O/run/config.json" "$O/run/evaluation.json" "$O/run/evaluation_per_image.npz" "$O/full/"; }
+  scored full "$O/run" "$O/run"
   $V compare zoo:fashion-mnist-long "$O/full" --json "$O/compare_full.json" > "$O/compare_full.txt" 2>&1
 fi
