@@ -1,15 +1,19 @@
 """Fréchet distance against closed forms, k-NN precision/recall on constructed point sets,
 and the cached feature classifier on generated data."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 
-from conftest import make_tiny_splits
+from conftest import blob_images, make_tiny_splits
 from vaekit.config import ModelConfig
+from vaekit.data.splits import make_splits
 from vaekit.evaluation.classifier import ClassifierSpec, cache_path, data_pixels, get_classifier
 from vaekit.evaluation.evaluate import sample_quality
 from vaekit.evaluation.sample_quality import (
@@ -101,6 +105,48 @@ def test_classifier_is_trained_once_then_loaded_from_safetensors(cache):
     assert second.cached and second.accuracy == first.accuracy
     x = data_pixels(data.test.images, data.image_size)
     torch.testing.assert_close(first.features(x), second.features(x))
+
+
+def test_classifier_is_the_same_whatever_validation_size_or_random_state_the_first_run_had(cache, monkeypatch):
+    images, labels = blob_images(400, 28, 1, 0)
+
+    def splits(val_size):
+        return make_splits(
+            "blobs",
+            images,
+            labels,
+            image_size=28,
+            channels=1,
+            class_names=None,
+            checksum="blobs-400",
+            source="generated",
+            seed=0,
+            val_size=val_size,
+        )
+
+    small, large = splits(10), splits(120)
+    assert len(small.train.images) != len(large.train.images)
+    torch.testing.assert_close(small.test.images, large.test.images)
+    torch.manual_seed(1)  # nor the caller's random state
+    first = get_classifier(small, TINY, progress=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache.parent / "another-cache"))
+    torch.manual_seed(2)
+    second = get_classifier(large, TINY, progress=False)
+    assert not first.cached and not second.cached and first.path != second.path
+    for (name, a), b in zip(first.net.state_dict().items(), second.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_classifier_cached_by_an_older_vaekit_is_retrained(cache):
+    data = make_tiny_splits(400)
+    first = get_classifier(data, TINY, progress=False)
+    with safe_open(str(first.path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(meta["vaekit_classifier"])
+    del info["trained_on"]  # what a file trained on the first run's training split alone holds
+    first.path.write_bytes(safetensors_bytes(tensors, metadata={"vaekit_classifier": json.dumps(info)}))
+    assert not get_classifier(data, TINY, progress=False).cached
+    assert get_classifier(data, TINY, progress=False).cached
 
 
 def test_default_spec_is_keyed_by_the_checksum_alone(cache):

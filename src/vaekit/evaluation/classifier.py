@@ -1,9 +1,10 @@
 """A small CNN classifier whose penultimate features measure sample quality offline.
 
 Inception features (FID) need a download and were trained on photographs; a convnet
-trained once on the run's own training split works offline and sees the features that
-matter for this data. It is cached as safetensors (never pickle) under
-$XDG_CACHE_HOME/vaekit/classifiers/<dataset checksum>.safetensors.
+trained once on the data set's images outside its test split works offline and sees the
+features that matter for this data. It is cached as safetensors (never pickle) under
+$XDG_CACHE_HOME/vaekit/classifiers/<dataset checksum>.safetensors, one per data set: the
+same whatever validation size the run that first needs it cut from the training images.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
@@ -28,6 +30,9 @@ from vaekit.data.common import cache_dir
 from vaekit.errors import VaekitError
 
 CLASSIFIER_SEED = 20240611  # fixed: the same cached classifier whatever the run's seed
+# What the cached file was trained on; a file without it (an older vaekit trained on the first
+# run's training split alone) is retrained.
+TRAINED_ON = "every image outside the test split, in an order fixed by the images"
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def _load(path: Path, spec: ClassifierSpec, shape: dict) -> TrainedClassifier | 
     except (SafetensorError, OSError, ValueError) as exc:
         print(f"vaekit: warning: cached classifier {path} is unreadable ({exc}); training a new one", file=sys.stderr)
         return None
-    if info.get("shape") != shape or info.get("spec") != asdict(spec):
+    if info.get("shape") != shape or info.get("spec") != asdict(spec) or info.get("trained_on") != TRAINED_ON:
         return None
     net = _build(spec, shape)
     try:
@@ -158,13 +163,24 @@ def _load(path: Path, spec: ClassifierSpec, shape: dict) -> TrainedClassifier | 
     return TrainedClassifier(net.eval(), float(info["test_accuracy"]), path, spec, cached=True)
 
 
+def training_images(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's training set: the run's training and validation images (every image
+    outside the test split, which no --val-size moves) with their labels, sorted by a hash of
+    each image and its label, so that neither the split nor its order changes the classifier."""
+    images = torch.cat([data.train.images, data.val.images])
+    labels = torch.cat([data.train.labels, data.val.labels])
+    weights = np.random.default_rng(CLASSIFIER_SEED).integers(0, 2**31, images[0].numel(), dtype=np.int64)
+    key = images.flatten(1).numpy().astype(np.int64) @ weights  # < 2**31 * 255 * pixels: no overflow
+    order = torch.from_numpy(np.lexsort((labels.numpy(), key)))
+    return images[order], labels[order]
+
+
 def _train_and_cache(data, spec: ClassifierSpec, shape: dict, path: Path, progress: bool) -> TrainedClassifier:
-    x_train = data_pixels(data.train.images, data.image_size)
-    y_train = data.train.labels
-    net = _build(spec, shape)
+    images, y_train = training_images(data)
+    x_train = data_pixels(images, data.image_size)
     with torch.random.fork_rng():  # leaves the caller's random stream untouched
-        torch.manual_seed(CLASSIFIER_SEED)
-        net = _fit(net, x_train, y_train, spec, progress)
+        torch.manual_seed(CLASSIFIER_SEED)  # before the initial weights: they are drawn from it too
+        net = _fit(_build(spec, shape), x_train, y_train, spec, progress)
     accuracy = accuracy_on(net, data_pixels(data.test.images, data.image_size), data.test.labels)
     info = {
         "shape": shape,
@@ -173,6 +189,7 @@ def _train_and_cache(data, spec: ClassifierSpec, shape: dict, path: Path, progre
         "dataset": data.name,
         "checksum": data.checksum,
         "train_images": len(y_train),
+        "trained_on": TRAINED_ON,
         "vaekit_version": __version__,
     }
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
