@@ -10,9 +10,10 @@
 # epoch, and resumed with `--epochs 185 --max-minutes 107.5`: the cosine's learning rate differed
 # from a plain 185-epoch run's by at most 7.3% (higher) between epochs 12 and 57.
 # Then the quick protocol (first 2,000 test images, S=250) for the run and zoo:fashion-mnist-long,
-# paired with `vaekit compare`, and the run's Fréchet distance (zoo:fashion-mnist-long's is in
-# ../hvae_samples/frechet.json); `full` adds the full protocol
-# (all 10,000, S=1,000; ~25-45 min). Finished steps are skipped. Run it alone.
+# paired with `vaekit compare`, and the Fréchet distance of both models' prior samples in one
+# classifier's features (../hvae_samples/frechet.json has them beside the 20-minute models);
+# `full` adds the full protocol (all 10,000, S=1,000; ~25-45 min). Finished steps are skipped.
+# Run it alone. Results of 2026-12-02 (quick protocol, Fréchet distances) beside this file.
 # usage: [PY=python] [EPOCHS=185] benchmarks/results/hvae_eq148_gc2/run.sh [OUT] [full]   (default OUT /work/exp/hvae_eq148)
 set -u
 cd "$(dirname "$0")/../../.."
@@ -33,7 +34,7 @@ QUICK=(--test-subset 2000 --nll-samples 250)
 scored quick_hvae "$O/run" "$O/run" "${QUICK[@]}"
 scored quick_long zoo:fashion-mnist-long "$O/zoo-fashion-mnist-long" "${QUICK[@]}"
 $V compare "$O/quick_long" "$O/quick_hvae" --json "$O/compare_quick.json" > "$O/compare_quick.txt" 2>&1
-[ -f "$O/frechet.json" ] || $PY benchmarks/results/hvae_samples/frechet.py "$O/run" --out "$O/frechet.json" > "$O/frechet.log" 2>&1
+[ -f "$O/frechet.json" ] || $PY benchmarks/results/hvae_samples/frechet.py zoo:fashion-mnist-long "$O/run" --out "$O/frechet.json" > "$O/frechet.log" 2>&1
 if [ "${2:-}" = full ]; then
   scored full "$O/run" "$O/run"
   $V compare zoo:fashion-mnist-long "$O/full" --json "$O/compare_full.json" > "$O/compare_full.txt" 2>&1
