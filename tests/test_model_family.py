@@ -169,6 +169,20 @@ def test_cosine_schedule_resumes_onto_the_same_weights(splits, tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
+def test_a_resumed_run_with_more_epochs_records_them_in_its_config(splits, tmp_path):
+    from vaekit.config import RunConfig
+    from vaekit.runs.run_dir import CONFIG, read_metrics
+
+    config = tiny_config(data__train_subset=32, train__batch_size=8)
+    out = train(config, out=tmp_path / "run", data=splits, progress=False)
+    assert RunConfig.load(out / CONFIG).train.epochs == 1
+    config.train.epochs, config.train.max_minutes = 2, 30.0
+    train(config, resume=out, data=splits, progress=False)
+    saved = RunConfig.load(out / CONFIG)
+    assert (saved.train.epochs, saved.train.max_minutes) == (2, 30.0)
+    assert [int(row["epoch"]) for row in read_metrics(out)] == [1, 2]
+
+
 def test_width_scales_every_block_and_survives_a_reload(splits, tmp_path):
     config = config_from_args(
         build_parser().parse_args(

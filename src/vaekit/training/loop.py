@@ -326,6 +326,8 @@ def _open_run(
     t.precision = resolve_precision(t.precision, device)  # config.json records what the run used
     trainer = build_trainer(config, given, run_dir if resuming else None, ctx, device)
     state = restore_training(run_dir, trainer, device) if resuming else _start(config, run_dir, ctx)
+    if resuming and ctx.is_master:  # the checkpoint fits: config.json now records the new --epochs or budget
+        config.save(run_dir / CONFIG)
     if ctx.enabled:
         trainer.net = data_parallel(trainer.model, device)
     tb = open_logger(run_dir, t.tensorboard and ctx.is_master)
