@@ -7,17 +7,36 @@
 # included; training time = the sum of metrics.csv's `seconds` column (validation excluded).
 # Run it alone; stop it with SIGINT (the checkpoint of the step it was in is kept) and continue
 # with `run.sh OUT` again: each call resumes where the last stopped.
-# Processes (code of 33c466d from a worktree): 2026-12-02 22:16- (epoch 186 on; epochs
-# 187-195 slowed 3-7x by a classifier's training and tests beside it).
+# Once the 620 epochs are trained: the full protocol on the last checkpoint (all 10,000 test
+# images, S=1,000; its wall-clock minutes in OUT/full_eval_minutes.txt), paired against
+# zoo:fashion-mnist-long with `vaekit compare`, the Fréchet distance of its prior samples
+# (../hvae_samples/frechet.py, the classifier of the table there) and a 64-sample grid.
+# Finished steps are skipped.
+# Processes: 2026-12-02 22:16 - 2026-12-03 00:45 (code of 33c466d, epochs 186-385, stopped by
+# that process's 148-minute cap; epochs 187-195 slowed 3-7x by a classifier's training and tests
+# beside it); 2026-12-03 04:02 on (code of 831d2e2, `--max-minutes 135`, alone).
 # usage: [PY=python] [FROM=RUN] benchmarks/results/hvae_long/run.sh [OUT]
 #   (default FROM /work/exp/hvae_eq148/run, the equal-time run; default OUT /work/exp/hvae_long)
 set -eu
 cd "$(dirname "$0")/../../.."
 PY=${PY:-$PWD/.venv/bin/python}
+V="$PY -m vaekit"
 O=${1:-/work/exp/hvae_long}
+R=$O/run
 FROM=${FROM:-/work/exp/hvae_eq148/run}
-if [ ! -f "$O/run/config.json" ]; then
+EPOCHS=620
+if [ ! -f "$R/config.json" ]; then
   [ -f "$FROM/config.json" ] || { echo "no run at $FROM: train ../hvae_eq148_gc2/run.sh first" >&2; exit 2; }
-  mkdir -p "$O" && cp -a "$FROM" "$O/run" && rm -f "$O"/run/evaluation*
+  mkdir -p "$O" && cp -a "$FROM" "$R" && rm -f "$R"/evaluation*
 fi
-exec $PY -m vaekit train --resume "$O/run" --epochs 620 --quiet
+trained() { [ "$(tail -n 1 "$R/metrics.csv" | cut -d, -f1)" = "$EPOCHS" ]; }
+trained || $V train --resume "$R" --epochs "$EPOCHS" --quiet >> "$O/train.log" 2>&1
+trained || { echo "the run stopped before epoch $EPOCHS: run this again to continue it" >&2; exit 1; }
+if [ ! -f "$R/evaluation.json" ]; then
+  start=$(date +%s)
+  $V evaluate "$R" --checkpoint latest --no-quality --quiet > "$O/full_eval.log" 2>&1
+  echo "scale=1; ($(date +%s) - $start) / 60" | bc > "$O/full_eval_minutes.txt"
+fi
+[ -f "$O/compare_full.json" ] || $V compare zoo:fashion-mnist-long "$R" --json "$O/compare_full.json" > "$O/compare_full.txt" 2>&1
+[ -f "$O/frechet.json" ] || $PY benchmarks/results/hvae_samples/frechet.py "$R" --out "$O/frechet.json" > "$O/frechet.log" 2>&1
+[ -f "$O/samples.png" ] || $V sample "$R" -n 64 --out "$O/samples.png" > /dev/null
