@@ -248,6 +248,21 @@ CASES = [
         lambda t, n, r, m: ["train", "--resume", str(t), "--quiet"],
         ["not a vaekit run directory", "pass the folder"],
     ),
+    (
+        "resume-changing-settings",
+        lambda t, n, r, m: ["train", "--resume", str(_run_copy(r, t)), "--levels", "2", "--lr", "0.01", "--quiet"],
+        ["--levels, --lr cannot change", "only --epochs and --max-minutes may"],
+    ),
+    (
+        "group-channels-without-levels",
+        lambda t, n, r, m: TRAIN + ["--dataset", f"npz:{n}", "--group-channels", "4"],
+        ["--group-channels sets the lower groups of a hierarchy", "add --levels 2"],
+    ),
+    (
+        "temperature-on-one-level",
+        lambda t, n, r, m: ["sample", str(r), "--temperature", "0.5", "--out", str(t / "s.png")],
+        ["--temperature scales the lower groups", "has one level"],
+    ),
     ("sample-missing-run", lambda t, n, r, m: ["sample", str(t / "nowhere")], ["does not exist", "pass the folder"]),
     (
         "latent-size-0",

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from vaekit.config import ModelConfig
+from vaekit.evaluation.evaluate import group_kl_summary
 from vaekit.models.ladder import GroupCell, group_resolutions
 from vaekit.models.vae import VAE
-from vaekit.objectives.bounds import elbo_terms, log_likelihood_estimate
+from vaekit.objectives.bounds import elbo_terms, iwae_terms, log_likelihood_estimate, pathwise_terms
 from vaekit.objectives.hierarchical import hierarchical_terms
+from vaekit.report.group_kl import active_groups
 
 D2, D1, SIZE = 3, 4, 32  # top group, lower group, image side (no zero frame at 32 pixels)
 PIXELS = SIZE * SIZE
@@ -219,6 +221,23 @@ def test_each_groups_kl_matches_its_monte_carlo_estimate(prior):
             assert (mc[:, :, group].mean(0) > 0.05).all()  # a real KL, not a zero matched with zero
 
 
+@pytest.mark.parametrize("bound, components", [(iwae_terms, 1), (pathwise_terms, 2)])
+def test_the_single_level_bounds_called_on_a_hierarchy_weigh_every_group(bound, components):
+    """iwae_terms and pathwise_terms with one sample are unbiased estimates of the ELBO, so on a
+    hierarchy their mean over R draws matches elbo_terms' within 4 standard errors (with the lower
+    groups drawn from their priors and left out of the weights, it would not)."""
+    model = _conv_model(levels=2, components=components, prior="vamp")
+    x, reps = _blobs(4), 300
+    torch.manual_seed(2)
+    with torch.no_grad():
+        xs = x.repeat(reps, 1, 1, 1)
+        one = bound(model, xs, None, 1).elbo.reshape(reps, 4)
+        ref = elbo_terms(model, xs).elbo.reshape(reps, 4)
+    diff = one.mean(0) - ref.mean(0)
+    se = torch.sqrt(one.var(0) / reps + ref.var(0) / reps)
+    assert (diff.abs() < 4 * se).all(), (diff, se)
+
+
 @pytest.mark.parametrize("estimator", ["marginal", "pathwise", "stratified"])
 def test_the_bounds_terms_add_up_and_every_parameter_gets_a_gradient(estimator):
     model = _conv_model(levels=3, components=2, prior="vamp").train()
@@ -279,3 +298,17 @@ def test_one_level_is_the_single_level_model_and_own_networks_stay_single_level(
         VAE(ModelConfig(levels=2), encoder=nn.Identity())
     with pytest.raises(VaekitError, match="--levels 9"):
         ModelConfig(levels=9).validate()
+
+
+def test_a_group_is_active_from_a_tenth_of_a_nat_in_the_report_and_in_the_evaluation():
+    rows = [
+        {"epoch": "1", "val_kl_z2": "3.0", "val_kl_z1": "0.5"},
+        {"epoch": "2", "val_kl_z2": "2.5", "val_kl_z1": "0.09"},
+    ]
+    assert active_groups(rows) == {"z2": True, "z1": False}  # the last epoch decides
+    assert active_groups([]) == {} and active_groups([{"epoch": "1", "val_kl": "2"}]) == {}  # a single level
+    kl = torch.tensor([[2.0, 0.05], [4.0, 0.12], [3.0, 0.10]], dtype=torch.float64)
+    summary = group_kl_summary(kl, ["z2", "z1"])
+    assert summary["z2"]["active"] and not summary["z1"]["active"]  # z1's mean is 0.09
+    assert summary["z2"]["mean"] == pytest.approx(3.0)
+    assert summary["z2"]["stderr"] == pytest.approx(np.std([2.0, 4.0, 3.0], ddof=1) / math.sqrt(3))

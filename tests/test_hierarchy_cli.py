@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -89,6 +90,7 @@ def test_evaluate_reports_each_groups_kl_adding_up_to_the_elbo_then_compare_and_
     assert sum(g["mean"] for g in groups.values()) == pytest.approx(test["kl"]["mean"], rel=1e-6)
     assert test["elbo"]["mean"] == pytest.approx(test["recon"]["mean"] - test["kl"]["mean"], abs=1e-4)
     assert test["nll"]["mean"] < -test["elbo"]["mean"]  # the importance-sampled bound is above the ELBO
+    assert result["settings"]["proposal"].endswith("each lower group from q(z_l | z_>l, x)")
     capsys.readouterr()
     assert main(["compare", str(run), str(run)]) == 0
     assert "0.000" in capsys.readouterr().out
@@ -108,3 +110,22 @@ def test_load_run_gives_the_hierarchy_and_the_elbo_evaluation_reports(run):
     with torch.inference_mode():
         terms = elbo_terms(loaded.model.eval(), x)
     np.testing.assert_allclose(result["per_image"]["elbo"], terms.elbo.double().numpy(), rtol=1e-5)
+
+
+def test_a_mixture_at_the_top_records_its_component_usage_per_epoch(npz_data, tmp_path):
+    out = tmp_path / "k2"
+    assert (
+        main(["train", "--dataset", f"npz:{npz_data}", *TRAIN, "--components", "2", "--epochs", "2", "--out", str(out)])
+        == 0
+    )
+    rows = _rows(out)
+    assert len(rows) == 2
+    for row in rows:
+        entropy, per_image, effective = (
+            float(row[c]) for c in ("usage_entropy", "usage_image_entropy", "usage_effective")
+        )
+        assert (
+            0 <= per_image <= entropy + 1e-9 <= math.log(2) + 1e-9
+        )  # each image's weights no more spread than their mean
+        assert effective == pytest.approx(math.exp(entropy))
+        assert float(row["val_kl_z3"]) > 0  # the top group's KL is recorded beside them

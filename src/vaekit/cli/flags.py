@@ -16,6 +16,7 @@ from typing import Any
 
 from vaekit.config import RunConfig
 from vaekit.config.settings import flag_name, has_flag
+from vaekit.errors import VaekitError
 
 
 def sections() -> dict[str, type]:
@@ -68,9 +69,26 @@ def given_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return given
 
 
+# The settings `vaekit train --resume RUN` may change; RUN keeps every other one.
+RESUMABLE = (("train", "epochs"), ("train", "max_minutes"))
+
+
+def fixed_on_resume(args: argparse.Namespace) -> list[str]:
+    """The flags the command line named that a resumed run cannot change (all but RESUMABLE)."""
+    classes = sections()
+    return [
+        flag_name(classes[section], name)
+        for section, named in given_settings(args).items()
+        for name in named
+        if (section, name) not in RESUMABLE
+    ]
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The resolved, validated config that parsed `vaekit train` flags describe; a setting not
     named keeps its dataclass default."""
     given = given_settings(args)
     config = RunConfig(**{section: cls(**given[section]) for section, cls in sections().items()})
+    if "group_channels" in given["model"] and config.model.levels == 1:
+        raise VaekitError("--group-channels sets the lower groups of a hierarchy; add --levels 2 or more")
     return config.resolved().validate()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from vaekit.cli.flags import add_config_flags, config_from_args, given_settings
+from vaekit.cli.flags import add_config_flags, config_from_args, fixed_on_resume, given_settings
 from vaekit.errors import VaekitError
 
 
@@ -41,6 +41,12 @@ def cmd_train(args) -> int:
         if not (run / CONFIG).is_file():
             raise VaekitError(
                 f"--resume {run}: not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote"
+            )
+        fixed = fixed_on_resume(args)
+        if fixed:
+            raise VaekitError(
+                f"--resume {run} keeps the run's own settings, so {', '.join(fixed)} cannot change; only --epochs and "
+                "--max-minutes may (train a new run with --out for other settings)"
             )
         config = RunConfig.load(run / CONFIG)
         given = given_settings(args)["train"]
@@ -71,6 +77,10 @@ def cmd_sample(args) -> int:
     if not 0 <= args.temperature <= 10:
         raise VaekitError(f"--temperature must be between 0 and 10, got {args.temperature}")
     run = load_run(args.run, device=resolve_device(args.device))
+    if args.temperature != 1 and run.model.levels == 1:
+        raise VaekitError(
+            f"--temperature scales the lower groups of a hierarchy, and {args.run} has one level; sample it without it"
+        )
     torch.manual_seed(args.seed)
     out = Path(args.out or output_dir(run.path) / "samples.png")
     save_image_grid(run.model.sample(args.n, temperature=args.temperature).cpu(), out)

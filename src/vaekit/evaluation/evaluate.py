@@ -303,7 +303,8 @@ def evaluate_run(
             "checkpoint_step": run.state.get("step"),
             "checkpoint_epoch": run.state.get("epoch"),
             "vaekit_version": __version__,
-            "proposal": "q(z|x), z_s drawn from the full mixture",
+            "proposal": "q(z|x), z_s drawn from the full mixture"
+            + (", each lower group from q(z_l | z_>l, x)" if run.model.levels > 1 else ""),
             "network_path": _network_path(run.model, fast, compile),
             "device": on.type,
         },

@@ -82,7 +82,10 @@ def iwae_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, samp
 
     .elbo is the bound; .recon and .kl are the ELBO-style diagnostics on the same draws
     (sum_k w_k mean_s of log p(x|z) and of log q(z|x) - log p(z)), so recon - kl <= elbo.
+    With levels >= 2 it is the hierarchy's bound over every group (the top group's components stratified).
     """
+    if model.config.levels > 1:
+        return hierarchical_terms(model, x_input, x_target, samples, "stratified")
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.component_rsample((samples,))  # (S, B, K, D)
@@ -107,7 +110,10 @@ def pathwise_terms(model, x_input: torch.Tensor, x_target: torch.Tensor | None, 
     whose gradients reach the locs, scales and mixture logits through the transport velocity.
     In expectation the S=1 value is the same ELBO that `elbo_terms` computes exactly over the
     components, which is why validation keeps using that one: it has less noise.
+    With levels >= 2 it is the hierarchy's bound over every group, the top group drawn this way.
     """
+    if model.config.levels > 1:
+        return hierarchical_terms(model, x_input, x_target, samples, "pathwise")
     x_target = x_input if x_target is None else x_target
     q = model.encode(x_input)  # (B, K, D)
     z = q.rsample((samples,))  # (S, B, D)
