@@ -127,5 +127,5 @@ def test_a_mixture_at_the_top_records_its_component_usage_per_epoch(npz_data, tm
         assert (
             0 <= per_image <= entropy + 1e-9 <= math.log(2) + 1e-9
         )  # each image's weights no more spread than their mean
-        assert effective == pytest.approx(math.exp(entropy))
+        assert effective == pytest.approx(math.exp(entropy), rel=1e-5)  # metrics.csv keeps 6 digits
         assert float(row["val_kl_z3"]) > 0  # the top group's KL is recorded beside them

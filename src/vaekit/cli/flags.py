@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from vaekit.config import RunConfig
@@ -73,15 +74,27 @@ def given_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 RESUMABLE = (("train", "epochs"), ("train", "max_minutes"))
 
 
-def fixed_on_resume(args: argparse.Namespace) -> list[str]:
-    """The flags the command line named that a resumed run cannot change (all but RESUMABLE)."""
-    classes = sections()
-    return [
-        flag_name(classes[section], name)
-        for section, named in given_settings(args).items()
-        for name in named
-        if (section, name) not in RESUMABLE
-    ]
+def resumed_config(args: argparse.Namespace, run: Path) -> RunConfig:
+    """The validated config `vaekit train --resume run` continues with: the run's own, with the
+    RESUMABLE settings the command line named; any other named setting is refused."""
+    from vaekit.runs.run_dir import CONFIG  # loads torch: not for `vaekit --help`
+
+    classes, given = sections(), given_settings(args)
+    if not (run / CONFIG).is_file():
+        raise VaekitError(
+            f"--resume {run}: not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote"
+        )
+    fixed = [flag_name(classes[s], name) for s, named in given.items() for name in named if (s, name) not in RESUMABLE]
+    if fixed:
+        raise VaekitError(
+            f"--resume {run} keeps the run's own settings, so {', '.join(fixed)} cannot change; only --epochs and "
+            "--max-minutes may (train a new run with --out for other settings)"
+        )
+    config = RunConfig.load(run / CONFIG)
+    for section, name in RESUMABLE:  # a longer (or shorter) schedule; a budget is per process
+        if name in given[section]:
+            setattr(getattr(config, section), name, given[section][name])
+    return config.validate()
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from vaekit.cli.flags import add_config_flags, config_from_args, fixed_on_resume, given_settings
+from vaekit.cli.flags import add_config_flags, config_from_args, resumed_config
 from vaekit.errors import VaekitError
 
 
@@ -32,29 +32,11 @@ def _add_train(sub) -> None:
 
 def cmd_train(args) -> int:
     """`vaekit train`: trains a new run from the flags, or continues `--resume RUN`; prints the run directory."""
-    from vaekit.config import RunConfig
-    from vaekit.runs.run_dir import CONFIG
     from vaekit.training.loop import train
 
     if args.resume:
         run = Path(args.resume)
-        if not (run / CONFIG).is_file():
-            raise VaekitError(
-                f"--resume {run}: not a vaekit run directory (no {CONFIG}); pass the folder `vaekit train --out` wrote"
-            )
-        fixed = fixed_on_resume(args)
-        if fixed:
-            raise VaekitError(
-                f"--resume {run} keeps the run's own settings, so {', '.join(fixed)} cannot change; only --epochs and "
-                "--max-minutes may (train a new run with --out for other settings)"
-            )
-        config = RunConfig.load(run / CONFIG)
-        given = given_settings(args)["train"]
-        if "epochs" in given:  # an explicit --epochs extends (or shortens) the resumed run
-            config.train.epochs = given["epochs"]
-        if "max_minutes" in given:  # a budget is per process: a resumed run may get a new one
-            config.train.max_minutes = given["max_minutes"]
-        config.validate()
+        config = resumed_config(args, run)
         out = train(config, resume=run, progress=not args.quiet)
     else:
         out = train(config_from_args(args), out=args.out, progress=not args.quiet)
