@@ -192,6 +192,20 @@ def test_tensorboard_gets_scalars_images_and_the_embedding(tmp_path, monkeypatch
     assert embedding[2]["label_img"].shape[1:] == (1, 28, 28)
 
 
+def test_tensorboard_logs_a_hierarchys_kl_per_group_as_in_metrics_csv(tmp_path, monkeypatch):
+    from vaekit.training.loop import train
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=_FakeWriter))
+    config = tiny_config(train__tensorboard=True, model__levels=2, model__group_channels=2, model__width=16)
+    run = train(config, out=tmp_path / "run", data=make_tiny_splits(), progress=False)
+    scalars = {c[1][0]: c[1][1] for c in _FakeWriter.instances[-1].calls if c[0] == "add_scalar"}
+    header, row = (run / "metrics.csv").read_text().splitlines()[:2]
+    logged = dict(zip(header.split(","), row.split(",")))
+    for group in ("z2", "z1"):
+        assert scalars[f"val/kl_{group}"] == pytest.approx(float(logged[f"val_kl_{group}"]), rel=1e-4)
+    assert scalars["val/kl_z2"] + scalars["val/kl_z1"] == pytest.approx(scalars["val/kl"], rel=1e-4)
+
+
 def test_a_density_gets_no_bits_per_dim_in_the_json_the_printout_or_the_report(tmp_path, capsys):
     images, labels = blob_images(100)
     np.savez(tmp_path / "blobs.npz", images=images[:, 0], labels=labels)
