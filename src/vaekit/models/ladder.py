@@ -116,7 +116,11 @@ class GroupCell(nn.Module):
         lo, hi = self.logvar_bounds
         p_loc, p_logvar = _full_precision(self.prior(h)).chunk(2, dim=1)  # (N, c, r, r) each, fp32 under autocast
         p = Normal(p_loc, torch.exp(0.5 * p_logvar.clamp(lo, hi)), validate_args=False)
-        eps = torch.randn_like(p_loc) if noise is None else noise.to(p_loc.dtype)
+        # Contiguous noise whatever p_loc's memory format: randn_like would fill a channels_last
+        # tensor in memory order, a different draw from the same seed than the contiguous model's.
+        if noise is None:
+            noise = torch.randn(p_loc.shape, dtype=p_loc.dtype, device=p_loc.device)
+        eps = noise.to(p_loc.dtype)
         if context is None:
             z = p.loc if use_mean else p.loc + temperature * p.scale * eps
             terms = p_loc.new_zeros(h.shape[0], 3)

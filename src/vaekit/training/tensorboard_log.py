@@ -38,8 +38,9 @@ class TensorBoardLogger:
 
     @torch.no_grad()
     def epoch(self, epoch: int, model, data, row: dict) -> None:
-        """The epoch's validation scalars (a hierarchy's KL per group too), 32 prior samples (seeded by the epoch), reconstructions of 16
-        validation images, and the posterior means of up to 500 of them as a labelled embedding.
+        """The epoch's validation scalars (a hierarchy's KL per group too), 32 prior samples (seeded
+        by the epoch), reconstructions of 16 validation images, and the posterior means of up to 500
+        of them as a labelled embedding.
         """
         for name, value in row.items():  # val_elbo, val_recon, val_kl and a hierarchy's val_kl_z<l>
             if name.startswith("val_") and value is not None:
