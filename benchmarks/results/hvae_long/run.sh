@@ -15,7 +15,9 @@
 # Processes: 2026-12-02 22:16 - 2026-12-03 00:45 (code of 33c466d, epochs 186-385, stopped by
 # that process's 148-minute cap; epochs 187-195 slowed 3-7x by a classifier's training and tests
 # beside it); 2026-12-03 04:02-04:16 (831d2e2, epochs 385-407, `--max-minutes 135`), 04:23-05:32
-# (bbcd67c, epochs 407-504; 04:28-04:32 ~25% slower beside a niced test), 05:43 on (ebe6518): each
+# (bbcd67c, epochs 407-504; 04:28-04:32 ~25% slower beside a niced test), 05:43-~06:00 (ebe6518,
+# epochs 504-529, stopped by the session's end), 06:14-07:15 (8bbd123, epochs 529-620; 06:30-07:15
+# ~25% slower beside niced tests); the evaluation 07:17-07:57 (601ad33) alone. The others were
 # stopped with SIGINT to run the test suite alone.
 # usage: [PY=python] [FROM=RUN] benchmarks/results/hvae_long/run.sh [OUT]
 #   (default FROM /work/exp/hvae_eq148/run, the equal-time run; default OUT /work/exp/hvae_long)
