@@ -91,7 +91,10 @@ def test_evaluate_reports_each_groups_kl_adding_up_to_the_elbo_then_compare_and_
     assert test["elbo"]["mean"] == pytest.approx(test["recon"]["mean"] - test["kl"]["mean"], abs=1e-4)
     assert test["nll"]["mean"] < -test["elbo"]["mean"]  # the importance-sampled bound is above the ELBO
     assert result["settings"]["proposal"].endswith("each lower group from q(z_l | z_>l, x)")
-    capsys.readouterr()
+    # Active units count the top group's dimensions; the lower groups' activity is kl_groups'.
+    top_size = json.loads((run / "config.json").read_text())["model"]["latent_size"]
+    assert result["active_units"]["group"] == "z3" and result["active_units"]["of"] == top_size
+    assert json.loads(capsys.readouterr().out)["active_units"].endswith(f"of {top_size} in z3")
     assert main(["compare", str(run), str(run)]) == 0
     assert "0.000" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0

@@ -126,7 +126,9 @@ def _evaluation_summary(result: dict) -> dict:
         "number_kind": result["number_kind"],
         **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items() if v is not None},
     }
-    summary["active_units"] = f"{result['active_units']['count']} of {result['active_units']['of']}"
+    units = result["active_units"]
+    top = f" in {units['group']}" if "kl_groups" in result and "group" in units else ""
+    summary["active_units"] = f"{units['count']} of {units['of']}{top}"
     if "components" in result:
         summary["component_weights"] = [round(w, 3) for w in result["components"]["mean_weights"]]
         summary["component_entropy"] = round(result["components"]["entropy_of_mean_weights"], 4)

@@ -149,7 +149,8 @@ def evaluate_model(
         "nll_is_likelihood": is_likelihood,
         "pixels": pixels,
         "images": len(x_all),
-        "active_units": {
+        "active_units": {  # of the top group (a hierarchy's lower groups: kl_groups' "active")
+            "group": group_names(cfg.levels)[0],
             "count": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
             "of": int(variance.numel()),
             "threshold": ACTIVE_UNIT_THRESHOLD,
