@@ -127,7 +127,7 @@ def _evaluation_summary(result: dict) -> dict:
         **{k: f"{v['mean']:.3f} +- {v['stderr']:.3f}" for k, v in result["test"].items() if v is not None},
     }
     units = result["active_units"]
-    top = f" in {units['group']}" if "kl_groups" in result and "group" in units else ""
+    top = f" in {units['group']}" if "kl_groups" in result else ""
     summary["active_units"] = f"{units['count']} of {units['of']}{top}"
     if "components" in result:
         summary["component_weights"] = [round(w, 3) for w in result["components"]["mean_weights"]]
