@@ -122,8 +122,27 @@ def _fashion_mnist_available() -> bool:
         return False
 
 
+def _one_per_evaluation_path(names: list[str]) -> list:
+    """`names`, those whose levels and evaluated network path an earlier name already has marked
+    slow: `make test` reproduces one model per path (each reproduction costs 30-70 s on a 2-core
+    CPU); `pytest -m slow` the rest."""
+    seen, params = set(), []
+    for name in names:
+        folder = shipped.ZOO_DIR / name
+        levels = json.loads((folder / "config.json").read_text())["model"].get("levels", 1)
+        path = (levels, json.loads((folder / "evaluation.json").read_text())["settings"]["network_path"])
+        params.append(pytest.param(name, marks=pytest.mark.slow) if path in seen else name)
+        seen.add(path)
+    return params
+
+
+def test_the_default_suite_reproduces_every_evaluation_path_once():
+    kept = [p for p in _one_per_evaluation_path(REAL_ZOO) if isinstance(p, str)]
+    assert "fashion-mnist" in kept and "fashion-mnist-hvae" in kept and len(kept) < len(REAL_ZOO)
+
+
 @pytest.mark.skipif(not REAL_ZOO or not _fashion_mnist_available(), reason="needs a shipped model and Fashion-MNIST")
-@pytest.mark.parametrize("name", REAL_ZOO)
+@pytest.mark.parametrize("name", _one_per_evaluation_path(REAL_ZOO))
 def test_each_shipped_model_reproduces_its_first_batch_to_float_rounding(name, tmp_path, monkeypatch):
     # The evaluation draws batch after batch from one seeded stream, so the first batch of the
     # shipped evaluation is what evaluating only those images gives: seconds, not the full protocol.
