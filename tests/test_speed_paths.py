@@ -162,6 +162,43 @@ def test_fast_evaluation_gives_the_same_numbers(levels):
             assert fast["kl_groups"][group]["mean"] == pytest.approx(plain["kl_groups"][group]["mean"], rel=1e-4)
 
 
+@pytest.mark.parametrize("levels", [1, 2])
+def test_compiled_evaluation_gives_the_fast_numbers(levels, monkeypatch):
+    # `evaluate --compile` compiles the fast copy's networks, a hierarchy's group cells inside its
+    # decoder. The backend records each graph and runs it as traced, so the numbers are the
+    # fast path's bit for bit and the test takes seconds; inductor's kernels round differently.
+    import functools
+
+    import vaekit.models.speed as speed
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(speed, "compile_networks", functools.partial(speed.compile_networks, backend=backend))
+    torch.manual_seed(0)
+    config = ModelConfig(latent_size=4, image_size=28, levels=levels, group_channels=2, blocks="gated", width=16)
+    model = VAE(config)
+    with torch.no_grad():  # away from the zero-initialised posterior shifts, so every group carries KL
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    images = make_tiny_splits(n=80).test.images
+    kwargs = dict(binarize=True, samples=8, batch_size=4, progress=False)
+    torch._dynamo.reset()
+    try:
+        fast = evaluate_model(model, images, fast=True, **kwargs)
+        compiled = evaluate_model(model, images, compile=True, **kwargs)
+    finally:
+        torch._dynamo.reset()
+    assert graphs  # the networks did go through torch.compile
+    for key in ("elbo", "nll"):
+        assert compiled["test"][key]["mean"] == fast["test"][key]["mean"]
+    if levels > 1:
+        assert compiled["kl_groups"]["z1"]["mean"] == fast["kl_groups"]["z1"]["mean"] > 0.1
+
+
 @pytest.fixture
 def threads():
     """Sets intra-op threads for one test and puts the count back."""
