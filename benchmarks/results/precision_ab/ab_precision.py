@@ -30,6 +30,19 @@ NETS = {
 }
 
 
+def interleaved_seconds(steps: dict, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Seconds a step of each of `steps` (name -> callable) took, per round: every round times
+    `per_round` steps of each in turn, so the machine's drift hits each alike."""
+    seconds: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            seconds[key].append((time.perf_counter() - t0) / per_round)
+    return seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6)
@@ -52,13 +65,7 @@ def main() -> None:
             for _ in range(3):
                 step()
             steps[f"{net} {variant}"] = step
-    seconds: dict[str, list[float]] = {key: [] for key in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            seconds[key].append((time.perf_counter() - t0) / args.steps)
+    seconds = interleaved_seconds(steps, args.rounds, args.steps)
     rows = {}
     print(f"{'network variant':24} {'ms/step':>8} {'img/s':>7} {'vs fp32':>8} {'first step s':>13}")
     for key, values in seconds.items():

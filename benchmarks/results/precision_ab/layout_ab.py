@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from profile_step import make_trainer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_precision import interleaved_seconds  # noqa: E402
 
 from vaekit.models.speed import compile_networks  # noqa: E402
 
@@ -111,13 +113,7 @@ def main() -> None:
         for _ in range(4):  # warm-up (and compilation)
             step()
         steps[variant] = step
-    seconds: dict[str, list[float]] = {key: [] for key in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            seconds[key].append((time.perf_counter() - t0) / args.steps)
+    seconds = interleaved_seconds(steps, args.rounds, args.steps)
     base = statistics.median(seconds["fp32"]) if "fp32" in seconds else None
     rows = {}
     print(f"{'variant':20} {'ms/step':>8} {'img/s':>7} {'vs fp32':>8} {'rounds (ms)':>14}")
