@@ -59,3 +59,27 @@ def tiny_config(**overrides) -> RunConfig:
         part, name = key.split("__")
         setattr(getattr(config, part), name, value)
     return config
+
+
+@pytest.fixture
+def graphs(monkeypatch):
+    """The graphs torch.compile hands its backend, training's and evaluation's, with the mode
+    they were traced in; the backend runs each as traced (no code generation), so a test of
+    vaekit's use of compile takes seconds and gives the eager numbers bit for bit."""
+    import functools
+
+    from vaekit.models import speed
+    from vaekit.training import step
+
+    seen: list[dict] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        seen.append({"inference_mode": torch.is_inference_mode_enabled(), "grad": torch.is_grad_enabled()})
+        return gm.forward
+
+    recording = functools.partial(speed.compile_networks, backend=backend)
+    monkeypatch.setattr(step, "compile_networks", recording)
+    monkeypatch.setattr(speed, "compile_networks", recording)
+    torch._dynamo.reset()
+    yield seen
+    torch._dynamo.reset()

@@ -5,33 +5,14 @@ torch.compile's backend here records each graph and runs it as traced (no code g
 so the tests check vaekit's use of compile in seconds; inductor's speed is benchmarks' business.
 """
 
-import functools
-
 import pytest
 import torch
 from torch import nn
 
 from conftest import make_tiny_splits, tiny_config
-from vaekit.models import speed
 from vaekit.models.fast_modules import twin
 from vaekit.runs.run_dir import load_run, read_metrics
 from vaekit.training import loop as training
-from vaekit.training import step
-
-
-@pytest.fixture
-def graphs(monkeypatch):
-    """The graphs torch.compile hands its backend during training, with the mode they were traced in."""
-    seen: list[dict] = []
-
-    def backend(gm: torch.fx.GraphModule, example_inputs):
-        seen.append({"inference_mode": torch.is_inference_mode_enabled(), "grad": torch.is_grad_enabled()})
-        return gm.forward
-
-    monkeypatch.setattr(step, "compile_networks", functools.partial(speed.compile_networks, backend=backend))
-    torch._dynamo.reset()
-    yield seen
-    torch._dynamo.reset()
 
 
 def _config(compile: bool, epochs: int, precision: str = "fp32", levels: int = 1):

@@ -163,21 +163,10 @@ def test_fast_evaluation_gives_the_same_numbers(levels):
 
 
 @pytest.mark.parametrize("levels", [1, 2])
-def test_compiled_evaluation_gives_the_fast_numbers(levels, monkeypatch):
+def test_compiled_evaluation_gives_the_fast_numbers(levels, graphs):
     # `evaluate --compile` compiles the fast copy's networks, a hierarchy's group cells inside its
-    # decoder. The backend records each graph and runs it as traced, so the numbers are the
-    # fast path's bit for bit and the test takes seconds; inductor's kernels round differently.
-    import functools
-
-    import vaekit.models.speed as speed
-
-    graphs: list[torch.fx.GraphModule] = []
-
-    def backend(gm: torch.fx.GraphModule, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(speed, "compile_networks", functools.partial(speed.compile_networks, backend=backend))
+    # decoder; `graphs` records each graph and runs it as traced, so the numbers are the fast
+    # path's bit for bit (inductor's kernels round differently).
     torch.manual_seed(0)
     config = ModelConfig(latent_size=4, image_size=28, levels=levels, group_channels=2, blocks="gated", width=16)
     model = VAE(config)
@@ -186,12 +175,8 @@ def test_compiled_evaluation_gives_the_fast_numbers(levels, monkeypatch):
             p.add_(0.1 * torch.randn_like(p))
     images = make_tiny_splits(n=80).test.images
     kwargs = dict(binarize=True, samples=8, batch_size=4, progress=False)
-    torch._dynamo.reset()
-    try:
-        fast = evaluate_model(model, images, fast=True, **kwargs)
-        compiled = evaluate_model(model, images, compile=True, **kwargs)
-    finally:
-        torch._dynamo.reset()
+    fast = evaluate_model(model, images, fast=True, **kwargs)
+    compiled = evaluate_model(model, images, compile=True, **kwargs)
     assert graphs  # the networks did go through torch.compile
     for key in ("elbo", "nll"):
         assert compiled["test"][key]["mean"] == fast["test"][key]["mean"]
