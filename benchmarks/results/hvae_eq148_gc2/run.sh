@@ -14,16 +14,20 @@
 # classifier's features (../hvae_samples/frechet.json has them beside the 20-minute models);
 # `full` adds the full protocol (all 10,000, S=1,000; ~25-45 min). Finished steps are skipped.
 # Run it alone. Results of 2026-12-02 (quick protocol, Fréchet distances) beside this file.
-# usage: [PY=python] [EPOCHS=185] benchmarks/results/hvae_eq148_gc2/run.sh [OUT] [full]   (default OUT /work/exp/hvae_eq148)
+# The 2026-12-03 rerun gives the same recipe zoo-long's 148 minutes of training, validation not
+# counted (`EPOCHS=240 MAX_MINUTES= ...run.sh /work/exp/hvae_eq148_train full`; results in train148/).
+# usage: [PY=python] [EPOCHS=185] [MAX_MINUTES=148 (empty: no cap)] benchmarks/results/hvae_eq148_gc2/run.sh [OUT] [full]
+#   (default OUT /work/exp/hvae_eq148)
 set -u
 cd "$(dirname "$0")/../../.."
 ROOT=$PWD
 PY=${PY:-$ROOT/.venv/bin/python}
 V="$PY -m vaekit"
 O=${1:-/work/exp/hvae_eq148}
+CAP=${MAX_MINUTES-148}
 mkdir -p "$O"
 [ -f "$O/run/config.json" ] || $V train --out "$O/run" --val-size 10000 --levels 2 --group-channels 2 --width 128 \
-  --epochs "${EPOCHS:-185}" --max-minutes 148 --quiet > "$O/train.log" 2>&1
+  --epochs "${EPOCHS:-185}" ${CAP:+--max-minutes "$CAP"} --quiet > "$O/train.log" 2>&1
 scored() {  # NAME RUN DIR [ARGS]: `vaekit evaluate RUN ARGS` (outputs land in DIR) kept in $O/NAME for `vaekit compare`
   local name=$1 run=$2 dir=$3; shift 3
   [ -f "$O/$name/evaluation.json" ] && return
