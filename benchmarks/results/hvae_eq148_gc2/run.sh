@@ -15,7 +15,8 @@
 # `full` adds the full protocol (all 10,000, S=1,000; ~25-45 min). Finished steps are skipped.
 # Run it alone. Results of 2026-12-02 (quick protocol, Fréchet distances) beside this file.
 # The 2026-12-03 rerun gives the same recipe zoo-long's 148 minutes of training, validation not
-# counted (`EPOCHS=240 MAX_MINUTES= ...run.sh /work/exp/hvae_eq148_train full`; results in train148/).
+# counted (`EPOCHS=240 MAX_MINUTES= ...run.sh /work/exp/hvae_eq148_train full`; results in train148/;
+# its schedule was refitted with `vaekit train --resume OUT/run --epochs N`, train148/processes.txt).
 # usage: [PY=python] [EPOCHS=185] [MAX_MINUTES=148 (empty: no cap)] benchmarks/results/hvae_eq148_gc2/run.sh [OUT] [full]
 #   (default OUT /work/exp/hvae_eq148)
 set -u
