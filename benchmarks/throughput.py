@@ -7,8 +7,9 @@
     python benchmarks/throughput.py --only "vaekit K=1" "vaekit K=1 bf16" "default K=1" "default K=1 bf16"
 
 Measures, with median and min/max over --repeats:
-  ceiling     per precision (fp32, bf16), the faster of a 2048x2048 matrix product and a large 3x3
-              convolution through oneDNN (256 channels, 128 images of 16x16, channels_last), GFLOP/s
+  ceiling     per precision (fp32, bf16 where the CPU has bf16 units), the faster of a 2048x2048 matrix
+              product and a large 3x3 convolution through oneDNN (256 channels, 128 images of 16x16,
+              channels_last), GFLOP/s; without bf16 units the bf16 ceiling and rows are skipped
   naive       a plain eager NCHW training loop of the notebook's network, written below (K=1, K=5;
               K=5 decodes each mixture component in its own decoder call, as a first attempt would;
               "bf16": the same step with torch.autocast around the loss)
@@ -55,6 +56,7 @@ import vaekit
 from vaekit.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vaekit.data import ImageSet, load_dataset
 from vaekit.data.batching import binarize_fixed, make_batch
+from vaekit.devices import cpu_has_fast_bf16
 from vaekit.evaluation.evaluate import log_likelihood_estimate
 from vaekit.models.speed import inference_model, set_threads, training_networks, warm_up
 from vaekit.models.vae import VAE
@@ -69,7 +71,7 @@ LATENT = 32
 WIDTH = 256  # NaiveVAE's (the notebook's) channels: vaekit's rows time the same network
 SAME_NETWORK = dict(width=WIDTH, blocks="plain", prior="normal")  # as NaiveVAE, whatever the defaults
 DEFAULT_NETWORK: dict = {}  # ModelConfig's defaults: gated blocks at width 96, the VampPrior
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -118,10 +120,18 @@ def conv_rate(device: torch.device, repeats: int, dtype: torch.dtype = torch.flo
         return [flop * reps / timed(lambda: [conv(x) for _ in range(reps)], device) / 1e9 for _ in range(repeats)]
 
 
+def measured_precisions(device: torch.device) -> list[str]:
+    """fp32, and bf16 where the hardware runs it: on a CPU without bf16 units (AVX512_BF16 or AMX)
+    PyTorch emulates bf16 (an AVX2 AMD EPYC ran a bf16 matrix product 110x slower than fp32), so its
+    ceiling and rows would take many minutes to measure nothing of the machine."""
+    return list(PRECISIONS) if device.type != "cpu" or cpu_has_fast_bf16() else ["fp32"]
+
+
 def ceilings(device: torch.device, repeats: int) -> dict:
     """Per precision: the matmul's and the convolution's GFLOP/s, and the ceiling, the faster of the two."""
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name in measured_precisions(device):
+        dtype = PRECISIONS[name]
         kinds = {
             "matmul": summary(matmul_rate(device, repeats, dtype)),
             "conv": summary(conv_rate(device, repeats, dtype)),
@@ -466,7 +476,11 @@ def main(argv=None) -> int:
     results["ceilings"] = ceilings(device, args.repeats)
     results["training"] = {}
     peak_cuda = []
-    for row in args.only or ROWS:
+    rows = [row for row in args.only or ROWS if ROWS[row].get("precision", "fp32") in measured_precisions(device)]
+    if skipped := [row for row in args.only or ROWS if row not in rows]:
+        results["skipped"] = {"rows": skipped, "why": "this CPU has no bf16 units: bf16 is emulated"}
+        print(f"skipped (this CPU has no bf16 units, so bf16 is emulated): {', '.join(skipped)}", file=sys.stderr)
+    for row in rows:
         print(f"{row} ...", file=sys.stderr)
         measured = run_row_in_child(row, args)
         peak_cuda.append(measured.pop("peak_cuda_mib", 0.0))

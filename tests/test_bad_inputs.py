@@ -251,7 +251,7 @@ CASES = [
     (
         "resume-changing-settings",
         lambda t, n, r, m: ["train", "--resume", str(_run_copy(r, t)), "--levels", "2", "--lr", "0.01", "--quiet"],
-        ["--levels, --lr cannot change", "only --epochs and --max-minutes may"],
+        ["--levels, --lr cannot change", "only --epochs, --max-minutes and --precision may"],
     ),
     (
         "group-channels-without-levels",

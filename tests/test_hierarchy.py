@@ -103,8 +103,8 @@ class _LinearTopDown(nn.Module):
             c.merge.weight[D2:, :, 1, 1] = torch.eye(D1)  # the state becomes (z2, z1)
         self.register_buffer("b", torch.tensor(m["B"]))
 
-    def noise(self, n, device=None):
-        return [torch.randn(n, D1, 1, 1, device=device, dtype=torch.float64)]
+    def noise(self, n, device=None, dtype=torch.float64):
+        return [torch.randn(n, D1, 1, 1, device=device, dtype=dtype)]
 
     def forward(self, z, *context, temperature=1.0, use_mean=False, noise=None):
         h = torch.cat([z, torch.zeros(len(z), D1, dtype=z.dtype)], 1)[..., None, None]  # (N, D2 + D1, 1, 1)
@@ -284,6 +284,33 @@ def test_lower_group_temperature_zero_is_deterministic_and_the_mean_reconstructi
     assert not torch.equal(warm[0], warm[1])
     torch.testing.assert_close(recon[0], recon[1], rtol=0, atol=0)
     assert model.sample(5, temperature=0.7).shape == (5, 1, 28, 28)
+
+
+def test_the_networks_draw_no_random_numbers_so_a_compiled_hierarchy_makes_the_eager_draws():
+    """torch.compile gives random operations inside a compiled module inductor's own generator: the
+    lower groups' noise is drawn outside the networks on every path, so `--compile` (which compiles
+    the encoder and the decoder) leaves the global stream, and with it every draw, as eager has it."""
+    model = _conv_model(levels=3)
+    drawn_inside = []
+
+    def before(module: nn.Module, args: object) -> None:
+        module._rng_before = torch.get_rng_state()
+
+    def after(module: nn.Module, args: object, out: object) -> None:
+        drawn_inside.append(not torch.equal(module._rng_before, torch.get_rng_state()))
+
+    for network in (model.encoder, model.decoder):
+        network.register_forward_pre_hook(before)
+        network.register_forward_hook(after)
+    x = _blobs(3)
+    hierarchical_terms(model, x, samples=2)
+    log_likelihood_estimate(model, x, samples=4, chunk=8)
+    model.sample(2, temperature=0.7)
+    model.reconstruct(x)
+    assert len(drawn_inside) >= 8 and not any(drawn_inside)
+    with torch.no_grad():  # the hook sees a draw: the decoder left to draw its own noise does
+        model.decoder(torch.randn(2, 4))
+    assert drawn_inside[-1]
 
 
 def test_one_level_is_the_single_level_model_and_own_networks_stay_single_level():

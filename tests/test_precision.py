@@ -116,3 +116,26 @@ def test_a_run_records_the_precision_it_used_and_bf16_trains_like_fp32(tmp_path)
     # The same seed and data: bf16 training ends where fp32 does, to within its rounding's drift.
     assert val["bf16"] != val["fp32"]
     assert abs(val["bf16"] - val["fp32"]) < 1e-3 * abs(val["fp32"])  # 0.006 of 421 nats measured
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_and_a_resumed_run_may_move_to_fp32(tmp_path, monkeypatch, capsys):
+    from vaekit.cli.flags import resumed_config
+    from vaekit.cli.main import build_parser
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)  # an AVX2-only CPU: bf16 is emulated
+    data = make_tiny_splits()
+    config = tiny_config(train__precision="bf16", model__width=16)
+    run = Path(vaekit.train(config, out=tmp_path / "r", data=data, progress=False))
+    warned = capsys.readouterr().err
+    assert warned.count("vaekit: warning: this CPU has no bf16 units") == 1 and "--precision fp32" in warned
+    vaekit.train(tiny_config(train__precision="auto", model__width=16), out=tmp_path / "a", data=data, progress=False)
+    assert "bf16" not in capsys.readouterr().err  # auto takes fp32 there, silently
+
+    args = build_parser().parse_args(["train", "--resume", str(run), "--precision", "fp32", "--epochs", "2"])
+    vaekit.train(resumed_config(args, run), resume=run, data=data, progress=False)
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "fp32"
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2]
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    assert devices.emulated_bf16_warning("bf16", CPU) is None
+    assert devices.emulated_bf16_warning("bf16", torch.device("cuda")) is None

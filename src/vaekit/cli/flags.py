@@ -70,8 +70,10 @@ def given_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return given
 
 
-# The settings `vaekit train --resume RUN` may change; RUN keeps every other one.
-RESUMABLE = (("train", "epochs"), ("train", "max_minutes"))
+# The settings `vaekit train --resume RUN` may change; RUN keeps every other one. The precision
+# may change with the machine (a bf16 run moved to a CPU without bf16 units), at the cost of the
+# exact resume.
+RESUMABLE = (("train", "epochs"), ("train", "max_minutes"), ("train", "precision"))
 
 
 def resumed_config(args: argparse.Namespace, run: Path) -> RunConfig:
@@ -87,8 +89,8 @@ def resumed_config(args: argparse.Namespace, run: Path) -> RunConfig:
     fixed = [flag_name(classes[s], name) for s, named in given.items() for name in named if (s, name) not in RESUMABLE]
     if fixed:
         raise VaekitError(
-            f"--resume {run} keeps the run's own settings, so {', '.join(fixed)} cannot change; only --epochs and "
-            "--max-minutes may (train a new run with --out for other settings)"
+            f"--resume {run} keeps the run's own settings, so {', '.join(fixed)} cannot change; only --epochs, "
+            "--max-minutes and --precision may (train a new run with --out for other settings)"
         )
     config = RunConfig.load(run / CONFIG)
     for section, name in RESUMABLE:  # a longer (or shorter) schedule; a budget is per process

@@ -168,9 +168,9 @@ class TopDown(nn.Module):
         self.after_block = [(r // 4).bit_length() - 1 for r in self.resolutions]
         self.head = nn.ConvTranspose2d(widths[-1], out_channels, 1, 1, 0)
 
-    def noise(self, n: int, device: torch.device | None = None) -> list[torch.Tensor]:
+    def noise(self, n: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """Standard normal noise for every lower group of n draws, top-down: [(n, c, r, r), ...]."""
-        return [torch.randn(n, self.group_channels, r, r, device=device) for r in self.resolutions]
+        return [torch.randn(n, self.group_channels, r, r, device=device, dtype=dtype) for r in self.resolutions]
 
     def forward(
         self,

@@ -154,8 +154,13 @@ class VAE(nn.Module):
         draw, top-down (models/ladder.py). `context` (from `encode_with_context`, for the
         flattened batch's images in order) draws the lower groups from their posteriors; without
         it they come from their priors at `temperature`. `use_mean` takes each group's mean;
-        `noise` (decoder.noise(N)) fixes the lower groups' draws."""
+        `noise` (decoder.noise(N)) fixes the lower groups' draws; without it they are drawn here,
+        outside the decoder, so a compiled decoder (whose random numbers would come from inductor's
+        own generator) gives the eager model's draws."""
         flat = z.reshape(-1, z.shape[-1])  # (N, D)
+        if noise is None:
+            top_down: TopDown = self.decoder  # type: ignore[assignment]  # levels >= 2: always the built-in one
+            noise = top_down.noise(flat.shape[0], flat.device, flat.dtype)
         params, terms = self.decoder(flat, *(context or ()), temperature=temperature, use_mean=use_mean, noise=noise)
         if not self.decoder_crops:
             params = self.crop(params)  # (N, C', H, W)
