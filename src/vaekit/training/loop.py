@@ -328,7 +328,7 @@ def _open_run(
         print(f"vaekit: warning: {slow}", file=sys.stderr)
     trainer = build_trainer(config, given, run_dir if resuming else None, ctx, device)
     state = restore_training(run_dir, trainer, device) if resuming else _start(config, run_dir, ctx)
-    if resuming and ctx.is_master:  # the checkpoint fits: config.json now records the new --epochs or budget
+    if resuming and ctx.is_master:  # the checkpoint fits: config.json now records the new --epochs, budget or precision
         config.save(run_dir / CONFIG)
     if ctx.enabled:
         trainer.net = data_parallel(trainer.model, device)
