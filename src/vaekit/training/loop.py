@@ -23,7 +23,7 @@ from vaekit._version import __version__
 from vaekit.config import RunConfig, TrainConfig, group_names
 from vaekit.data import DatasetSplits
 from vaekit.data.batching import batch_count, binarize_fixed, epoch_permutation, make_batch, shard, to_float
-from vaekit.devices import emulated_bf16_warning, resolve_device, resolve_precision
+from vaekit.devices import resolve_device, resolve_precision
 from vaekit.errors import VaekitError
 from vaekit.models.speed import inference_model
 from vaekit.models.vae import VAE
@@ -323,9 +323,7 @@ def _open_run(
     images = data.train.images[: config.data.train_subset] if config.data.train_subset else data.train.images
     _check_batch_size(t.batch_size, len(images), ctx)
     config.version = __version__
-    t.precision = resolve_precision(t.precision, device)  # config.json records what the run used
-    if ctx.is_master and (slow := emulated_bf16_warning(t.precision, device)):
-        print(f"vaekit: warning: {slow}", file=sys.stderr)
+    t.precision = resolve_precision(t.precision, device, warn=ctx.is_master)  # config.json records what the run used
     trainer = build_trainer(config, given, run_dir if resuming else None, ctx, device)
     state = restore_training(run_dir, trainer, device) if resuming else _start(config, run_dir, ctx)
     if resuming and ctx.is_master:  # the checkpoint fits: config.json now records the new --epochs, budget or precision
